@@ -1,0 +1,1 @@
+//! crust-engine: checkpoint and restore.

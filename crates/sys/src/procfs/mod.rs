@@ -1,0 +1,1 @@
+//! Parsers for /proc files: pure functions over text, plus thin readers.

@@ -1,0 +1,1 @@
+//! The workload protocol shared by every test program.
