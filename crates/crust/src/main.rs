@@ -1,1 +1,181 @@
-fn main() {}
+//! `crust`: checkpoint/restore in userspace. A thin command line over
+//! crust-engine, taking CRIU's common options.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+/// Checkpoint a running process to image files and restore it later.
+#[derive(Parser)]
+#[command(name = "crust", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+/// Logging options shared by the subcommands, as CRIU spells them.
+#[derive(Args, Clone)]
+struct LogArgs {
+    /// Write the log to FILE (relative paths are inside the images dir).
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Verbosity 0-4 (-v alone means 4; default 2: errors and warnings).
+    #[arg(short = 'v', value_name = "N", num_args = 0..=1, default_missing_value = "4")]
+    verbosity: Option<u8>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that this kernel and these privileges have what crust needs.
+    Check,
+    /// Checkpoint a process into a folder of images.
+    Dump {
+        /// The process to dump.
+        #[arg(short = 't', long = "tree", value_name = "PID")]
+        pid: i32,
+        /// Folder for the images.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        images_dir: PathBuf,
+        /// Let the process run on after the dump.
+        #[arg(short = 'R', long = "leave-running")]
+        leave_running: bool,
+        /// Leave the process stopped after the dump.
+        #[arg(long = "leave-stopped", conflicts_with = "leave_running")]
+        leave_stopped: bool,
+        /// The process is a job of an interactive shell (its terminal is the shell's).
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Restore a process from a folder of images.
+    Restore {
+        /// Folder with the images.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        images_dir: PathBuf,
+        /// Do not wait for the restored process: exit once it runs.
+        #[arg(short = 'd', long = "restore-detached")]
+        detached: bool,
+        /// Write the restored process's pid to FILE.
+        #[arg(long = "pidfile", value_name = "FILE")]
+        pidfile: Option<PathBuf>,
+        /// Give a process dumped with --shell-job this terminal.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Decode image files to JSON (like crit show).
+    Show {
+        /// Image files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn init_log(log: &LogArgs, images_dir: Option<&Path>) -> Result<()> {
+    let level = match log.verbosity.unwrap_or(2) {
+        0 | 1 => "error",
+        2 => "warn",
+        3 => "info",
+        _ => "debug",
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_target(false);
+    match &log.log_file {
+        Some(f) => {
+            let path = match images_dir {
+                Some(d) if f.is_relative() => d.join(f),
+                _ => f.clone(),
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).ok();
+            }
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating the log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Command::Check => {
+            for ok in crust_engine::check()? {
+                println!("ok: {ok}");
+            }
+            println!("Looks good.");
+            Ok(0)
+        }
+        Command::Dump {
+            pid,
+            images_dir,
+            leave_running,
+            leave_stopped,
+            shell_job,
+            log,
+        } => {
+            init_log(&log, Some(&images_dir))?;
+            let stats = crust_engine::dump(&crust_engine::DumpOptions {
+                pid,
+                images_dir,
+                leave_running,
+                leave_stopped,
+                shell_job,
+            })?;
+            tracing::info!(
+                "dumped {pid}: frozen {} us, {} pages written",
+                stats.frozen_us,
+                stats.pages_written
+            );
+            Ok(0)
+        }
+        Command::Restore {
+            images_dir,
+            detached,
+            pidfile,
+            shell_job,
+            log,
+        } => {
+            init_log(&log, Some(&images_dir))?;
+            let pid = crust_engine::restore(&crust_engine::RestoreOptions {
+                images_dir,
+                shell_job,
+            })?;
+            if let Some(p) = pidfile {
+                std::fs::write(&p, format!("{pid}\n"))
+                    .with_context(|| format!("writing the pidfile {}", p.display()))?;
+            }
+            if detached {
+                return Ok(0);
+            }
+            Ok(crust_engine::wait_for(pid)?)
+        }
+        Command::Show { files } => {
+            for f in files {
+                let v = crust_image::show(&f)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,3 +1,13 @@
-//! crust-sys: the only crate with `unsafe` and raw kernel calls.
+//! crust-sys: the only crate with `unsafe` and raw kernel calls: ptrace,
+//! remote syscalls, process_vm_readv/writev, pidfd_getfd, clone3 set_tid,
+//! mapped image files and /proc parsers.
 
+pub mod clone;
+pub mod fd;
+pub mod mmap;
+pub mod pidfd;
 pub mod procfs;
+pub mod ptrace;
+pub mod remote;
+pub mod task;
+pub mod vm;

@@ -1,0 +1,102 @@
+//! The engine's error type: every failure names what it was about.
+
+use std::io;
+use std::path::PathBuf;
+
+use crust_image::ImageError;
+
+/// Why a dump, restore or check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An image file is missing, unreadable or malformed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The images are well-formed but do not make sense together.
+    #[error("{file}: {what}")]
+    BadImage {
+        /// The image file.
+        file: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A /proc file could not be read or parsed.
+    #[error(transparent)]
+    Proc(#[from] crust_sys::procfs::ReadError),
+    /// The process to dump does not exist.
+    #[error("no process with pid {0}")]
+    NoSuchProcess(i32),
+    /// crust was asked to dump itself or one of its ancestors.
+    #[error("pid {0} is crust itself or one of its ancestors; crust cannot dump it")]
+    OwnAncestor(i32),
+    /// The task holds state crust does not support yet; it was left running.
+    #[error("pid {pid}: {what} is not supported yet; the task was left running unchanged")]
+    Unsupported {
+        /// The task.
+        pid: i32,
+        /// The kind of state and where it is (fd number, address).
+        what: String,
+    },
+    /// A pid the restore needs is in use.
+    #[error("pid {0} is in use, so the tree cannot be restored with its original pids")]
+    PidTaken(i32),
+    /// A file the images refer to is gone or changed since the dump.
+    #[error("{path}: {what} since the dump")]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
+    /// crust lacks a privilege it needs.
+    #[error("crust needs {0}")]
+    Privilege(String),
+    /// A restored rlimit cannot be set by this crust.
+    #[error("cannot restore {0}")]
+    Rlimit(String),
+    /// A system call or kernel interface failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What crust was doing.
+        what: String,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// The kernel lacks a feature crust needs.
+    #[error("this kernel lacks {0}")]
+    Kernel(String),
+    /// A restored task failed before it was handed over.
+    #[error("restored task {pid}: {what}")]
+    Restore {
+        /// The task.
+        pid: i32,
+        /// What went wrong.
+        what: String,
+    },
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attach "what crust was doing" to io errors.
+pub trait Context<T> {
+    /// Wrap an io error with a description of the failed step.
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Sys {
+            what: what(),
+            source,
+        })
+    }
+}
+
+impl<T> Context<T> for nix::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Sys {
+            what: what(),
+            source: io::Error::from_raw_os_error(e as i32),
+        })
+    }
+}

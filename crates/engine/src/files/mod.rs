@@ -1,0 +1,262 @@
+//! Open files: the fd table of a task and the files it refers to
+//! (files.img + fdinfo-N.img). Each kind of file has its own module that
+//! dumps an fd into a `file_entry` and opens it again at restore; this
+//! module holds the table and the registry of kinds.
+
+mod reg;
+
+pub use reg::check_unchanged;
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crust_image::pb;
+use crust_sys::fd::dup_above;
+use crust_sys::pidfd;
+use crust_sys::procfs;
+
+use crate::error::{Context, Error, Result};
+
+/// `fd_types` numbers from CRIU's fdinfo.proto that crust writes.
+pub mod fd_type {
+    /// A regular file, directory or memory device (/dev/null ...).
+    pub const REG: i32 = 1;
+    /// A pipe.
+    pub const PIPE: i32 = 2;
+    /// A terminal.
+    pub const TTY: i32 = 11;
+}
+
+/// One open file of a task as seen from crust: the task's fd, a duplicate
+/// of its open file description, and what /proc says of it.
+pub struct OpenFd {
+    /// The task.
+    pub pid: i32,
+    /// Its fd number.
+    pub fd: RawFd,
+    /// The very same open file description (pidfd_getfd).
+    pub file: OwnedFd,
+    /// readlink of /proc/PID/fd/FD.
+    pub link: String,
+    /// fstat of the file.
+    pub stat: nix::sys::stat::FileStat,
+    /// /proc/PID/fdinfo/FD.
+    pub info: procfs::FdInfo,
+}
+
+impl OpenFd {
+    /// "fd N (LINK)" for messages.
+    pub fn describe(&self) -> String {
+        format!("fd {} ({})", self.fd, self.link)
+    }
+}
+
+/// A kind of file crust can dump and restore: one implementation per
+/// module, registered in [`KINDS`].
+pub trait FileKind: Sync {
+    /// Name for messages.
+    fn name(&self) -> &'static str;
+    /// Whether this kind handles `f`.
+    fn claims(&self, f: &OpenFd, opts: &FdOptions) -> bool;
+    /// Dump `f` as file entry `id`.
+    fn dump(&self, f: &OpenFd, id: u32, opts: &FdOptions) -> Result<pb::FileEntry>;
+    /// Whether this kind restores entries of `fd_type`.
+    fn restores(&self, fd_type: i32) -> bool;
+    /// Open the file of `e` again, in crust, for a restored task.
+    fn open(&self, e: &pb::FileEntry, opts: &FdOptions) -> Result<OwnedFd>;
+}
+
+/// Options that change how fds are dumped and restored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FdOptions {
+    /// --shell-job: terminals on stdio are the shell's.
+    pub shell_job: bool,
+}
+
+/// Every kind of file crust handles.
+static KINDS: &[&dyn FileKind] = &[&reg::RegularFile, &reg::ShellTerminal];
+
+/// The files.img being built during a dump: ids and entries.
+#[derive(Default)]
+pub struct FileTable {
+    entries: Vec<pb::FileEntry>,
+    by_path: HashMap<(String, u32), u32>,
+}
+
+impl FileTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn next_id(&self) -> u32 {
+        self.entries.len() as u32 + 1
+    }
+
+    /// The id of a file named by path (a mapped file, the exe, cwd, root),
+    /// shared by every user of the same path and flags.
+    pub fn add_path(&mut self, pid: i32, path: &str, flags: u32, pos: u64) -> Result<u32> {
+        if let Some(&id) = self.by_path.get(&(path.to_string(), flags)) {
+            return Ok(id);
+        }
+        let id = self.next_id();
+        let entry = reg::entry_for_path(pid, path, id, flags, pos)?;
+        self.entries.push(entry);
+        self.by_path.insert((path.to_string(), flags), id);
+        Ok(id)
+    }
+
+    /// All entries, for files.img.
+    pub fn entries(&self) -> &[pb::FileEntry] {
+        &self.entries
+    }
+}
+
+/// Dump every fd of a frozen task: fdinfo entries, their files added to
+/// `table`. Anything crust does not support is refused, named.
+pub fn dump_fds(pid: i32, table: &mut FileTable, opts: &FdOptions) -> Result<Vec<pb::FdinfoEntry>> {
+    let pidfd = pidfd::pidfd_open(pid).ctx(|| format!("pidfd_open({pid})"))?;
+    let mut out = Vec::new();
+    let fds = procfs::list_fds(pid).ctx(|| format!("listing the fds of {pid}"))?;
+    for fd in fds {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .ctx(|| format!("reading /proc/{pid}/fd/{fd}"))?
+            .to_string_lossy()
+            .into_owned();
+        let file = pidfd::pidfd_getfd(&pidfd, fd).ctx(|| format!("pidfd_getfd of fd {fd} of {pid}"))?;
+        let stat = nix::sys::stat::fstat(file.as_raw_fd()).ctx(|| format!("fstat of fd {fd} of {pid}"))?;
+        let info = procfs::read_fdinfo(pid, fd)?;
+        let f = OpenFd {
+            pid,
+            fd,
+            file,
+            link,
+            stat,
+            info,
+        };
+        let kind = KINDS
+            .iter()
+            .find(|k| k.claims(&f, opts))
+            .ok_or_else(|| Error::Unsupported {
+                pid,
+                what: format!("{} ({})", f.describe(), unsupported_kind(&f)),
+            })?;
+        let id = table.next_id();
+        let entry = kind.dump(&f, id, opts)?;
+        out.push(pb::FdinfoEntry {
+            id,
+            flags: if f.info.flags & libc::O_CLOEXEC as u32 != 0 {
+                libc::FD_CLOEXEC as u32
+            } else {
+                0
+            },
+            r#type: entry.r#type,
+            fd: fd as u32,
+            ..Default::default()
+        });
+        table.entries.push(entry);
+    }
+    Ok(out)
+}
+
+/// A name for a kind of file crust does not handle.
+fn unsupported_kind(f: &OpenFd) -> String {
+    let fmt = f.stat.st_mode & libc::S_IFMT;
+    if f.link.starts_with("anon_inode:") {
+        return format!("{} is an unsupported kind of file", f.link.trim_start_matches("anon_inode:"));
+    }
+    match fmt {
+        libc::S_IFSOCK => "a socket".into(),
+        libc::S_IFIFO if f.link.starts_with("pipe:") => "a pipe".into(),
+        libc::S_IFIFO => "a FIFO".into(),
+        libc::S_IFBLK => "a block device".into(),
+        libc::S_IFCHR if reg::is_tty(&f.stat) => {
+            "a terminal; dump with --shell-job (-j) to re-attach it at restore".into()
+        }
+        libc::S_IFCHR => "an unsupported character device".into(),
+        _ if f.link.ends_with(" (deleted)") => "an open file that was deleted".into(),
+        _ => "an unsupported kind of file".into(),
+    }
+}
+
+/// A restored task's fd table: the files opened in crust, each with the fd
+/// number it must get in the task and its close-on-exec flag.
+pub struct PreparedFds {
+    /// (target fd, file, close-on-exec).
+    pub fds: Vec<(RawFd, OwnedFd, bool)>,
+}
+
+/// Open every file of a task's fd table in crust.
+pub fn prepare(
+    files: &HashMap<u32, pb::FileEntry>,
+    fdinfos: &[pb::FdinfoEntry],
+    fdinfo_name: &str,
+    opts: &FdOptions,
+) -> Result<PreparedFds> {
+    let mut fds = Vec::with_capacity(fdinfos.len());
+    let mut seen = std::collections::HashSet::new();
+    for fi in fdinfos {
+        if fi.fd > i32::MAX as u32 || !seen.insert(fi.fd) {
+            return Err(Error::BadImage {
+                file: fdinfo_name.to_string(),
+                what: format!("fd {} is invalid or listed twice", fi.fd),
+            });
+        }
+        let e = files.get(&fi.id).ok_or_else(|| Error::BadImage {
+            file: fdinfo_name.to_string(),
+            what: format!("fd {} refers to file id {}, which files.img lacks", fi.fd, fi.id),
+        })?;
+        let kind = KINDS
+            .iter()
+            .find(|k| k.restores(e.r#type))
+            .ok_or_else(|| Error::BadImage {
+                file: "files.img".into(),
+                what: format!("file id {} has type {}, which crust does not restore", e.id, e.r#type),
+            })?;
+        let file = kind.open(e, opts)?;
+        fds.push((fi.fd as RawFd, file, fi.flags & libc::FD_CLOEXEC as u32 != 0));
+    }
+    Ok(PreparedFds { fds })
+}
+
+impl PreparedFds {
+    /// In the forked child: put every file at its fd number, set
+    /// close-on-exec flags and close everything else except `keep` (the
+    /// child's error channel), which is moved above the task's fds.
+    pub fn install(&self, keep: &mut OwnedFd) -> Result<()> {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let high = self
+            .fds
+            .iter()
+            .map(|(t, f, _)| (*t).max(f.as_raw_fd()))
+            .max()
+            .unwrap_or(0)
+            .max(keep.as_raw_fd())
+            + 1;
+        *keep = dup_above(&*keep, high).ctx(|| "moving the error pipe".into())?;
+        let mut moved = Vec::with_capacity(self.fds.len());
+        for (target, f, cloexec) in &self.fds {
+            let m = dup_above(f, high + 1).ctx(|| format!("moving fd {target}"))?;
+            moved.push((*target, m, *cloexec));
+        }
+        for (target, m, cloexec) in &moved {
+            nix::unistd::dup2(m.as_raw_fd(), *target).ctx(|| format!("dup2 to fd {target}"))?;
+            let flags = if *cloexec {
+                FdFlag::FD_CLOEXEC
+            } else {
+                FdFlag::empty()
+            };
+            fcntl(*target, FcntlArg::F_SETFD(flags)).ctx(|| format!("flags of fd {target}"))?;
+        }
+        let wanted: std::collections::HashSet<RawFd> = moved.iter().map(|m| m.0).collect();
+        let keep_raw = keep.as_raw_fd();
+        drop(moved);
+        let open = procfs::list_fds(std::process::id() as i32).ctx(|| "listing own fds".into())?;
+        for fd in open {
+            if fd != keep_raw && !wanted.contains(&fd) {
+                let _ = nix::unistd::close(fd);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,737 @@
+//! Memory: VMAs, their pages, and the mm fields (code/data/brk/stack/arg/env
+//! bounds, auxv, exe file). Dump reads the layout from smaps, which pages
+//! exist from pagemap, and their contents with process_vm_readv straight
+//! into the page image; restore unmaps everything crust's child inherited,
+//! moves the vdso into place, maps every VMA at its address, writes the pages
+//! with process_vm_writev and sets the mm fields with PR_SET_MM_MAP.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crust_image::pb;
+use crust_sys::mmap::PageFile;
+use crust_sys::procfs::{self, PagemapEntry, Stat, Vma, VmaPath};
+use crust_sys::vm::{self, RemoteRange};
+
+use crate::error::{Context, Error, Result};
+use crate::files::FileTable;
+use crate::remote::{Remote, SCRATCH_LEN};
+
+/// Page size on x86_64.
+pub const PAGE: u64 = 4096;
+
+/// `VMA_AREA_REGULAR`: an area crust dumps.
+pub const VMA_AREA_REGULAR: u32 = 1 << 0;
+/// `VMA_AREA_STACK`.
+pub const VMA_AREA_STACK: u32 = 1 << 1;
+/// `VMA_AREA_VSYSCALL`.
+pub const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+/// `VMA_AREA_VDSO`.
+pub const VMA_AREA_VDSO: u32 = 1 << 3;
+/// `VMA_AREA_HEAP`.
+pub const VMA_AREA_HEAP: u32 = 1 << 5;
+/// `VMA_FILE_PRIVATE`.
+pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
+/// `VMA_FILE_SHARED`.
+pub const VMA_FILE_SHARED: u32 = 1 << 7;
+/// `VMA_ANON_SHARED`.
+pub const VMA_ANON_SHARED: u32 = 1 << 8;
+/// `VMA_ANON_PRIVATE`.
+pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+/// `VMA_AREA_VVAR` (CRIU's mark for [vvar]; crust also uses it for
+/// [vvar_vclock]).
+pub const VMA_AREA_VVAR: u32 = 1 << 12;
+
+/// `PE_PRESENT` in a pagemap entry: the pages are in pages-N.img.
+pub const PE_PRESENT: u32 = 1 << 2;
+
+/// Pages of the page image mapped at once (32 MiB): bounds crust's memory.
+const WINDOW: u64 = 32 << 20;
+/// Pagemap entries read at once.
+const PAGEMAP_CHUNK: u64 = 64 * 1024;
+
+/// madvise advice numbers crust records in `vma_entry.madv`, with the smaps
+/// VmFlags code that shows each.
+const MADVICE: &[(&str, i32)] = &[
+    ("dc", libc::MADV_DONTFORK),
+    ("hg", libc::MADV_HUGEPAGE),
+    ("nh", libc::MADV_NOHUGEPAGE),
+    ("dd", libc::MADV_DONTDUMP),
+    ("wf", libc::MADV_WIPEONFORK),
+    ("mg", libc::MADV_MERGEABLE),
+];
+
+/// A run of consecutive pages to dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    /// First page's address.
+    pub vaddr: u64,
+    /// Number of pages.
+    pub nr_pages: u64,
+}
+
+/// Which pages of a VMA hold data of the task's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageRule {
+    /// No pages are dumped (shared file mappings, vdso, vvar).
+    None,
+    /// Anonymous private memory: every present page but the zero page, and
+    /// swapped pages.
+    Anon,
+    /// Private file mapping: only pages that differ from the file (anonymous
+    /// copies made by a write), present or swapped.
+    Cow,
+}
+
+/// The memory of a task as dumped, before its pages are read.
+pub struct MmDump {
+    /// The mm image entry (VMAs included).
+    pub entry: pb::MmEntry,
+    /// Pages to dump, in address order.
+    pub runs: Vec<PageRun>,
+    /// Readable VMAs as (start, end): pages outside them are read through
+    /// /proc/PID/mem.
+    unreadable: Vec<(u64, u64)>,
+}
+
+/// Upper bound of the bytes of pages a task's dump will hold, from smaps,
+/// taken before the freeze to size the page image.
+pub fn estimate_page_bytes(pid: i32) -> Result<u64> {
+    let vmas = procfs::read_smaps(pid)?;
+    Ok(vmas
+        .iter()
+        .map(|v| match v.path {
+            VmaPath::Vdso | VmaPath::Vvar | VmaPath::VvarVclock | VmaPath::Vsyscall => 0,
+            _ if v.shared => 0,
+            VmaPath::File { .. } => (v.anonymous_kib + v.swap_kib) * 1024,
+            _ => (v.rss_kib + v.swap_kib) * 1024,
+        })
+        .sum())
+}
+
+fn prot_of(v: &Vma) -> u32 {
+    let mut p = 0;
+    if v.read {
+        p |= libc::PROT_READ;
+    }
+    if v.write {
+        p |= libc::PROT_WRITE;
+    }
+    if v.exec {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+fn madv_of(v: &Vma) -> u64 {
+    MADVICE
+        .iter()
+        .filter(|(code, _)| v.vm_flags.has(code))
+        .fold(0, |m, (_, adv)| m | (1u64 << adv))
+}
+
+/// Classify one VMA: its image entry and which of its pages to dump.
+fn classify(pid: i32, v: &Vma, files: &mut FileTable) -> Result<(pb::VmaEntry, PageRule)> {
+    let unsupported = |what: &str| Error::Unsupported {
+        pid,
+        what: format!("{what} at {:#x}-{:#x}", v.start, v.end),
+    };
+    if v.vm_flags.has("lo") {
+        return Err(unsupported("mlocked memory"));
+    }
+    let mut e = pb::VmaEntry {
+        start: v.start,
+        end: v.end,
+        pgoff: v.offset,
+        shmid: 0,
+        prot: prot_of(v),
+        flags: if v.shared {
+            libc::MAP_SHARED as u32
+        } else {
+            libc::MAP_PRIVATE as u32
+        },
+        status: VMA_AREA_REGULAR,
+        fd: -1,
+        madv: Some(madv_of(v)),
+        fdflags: None,
+    };
+    let anon_flags = e.flags | libc::MAP_ANONYMOUS as u32;
+    let rule = match &v.path {
+        VmaPath::Vdso => {
+            e.status |= VMA_AREA_VDSO;
+            e.flags = anon_flags;
+            PageRule::None
+        }
+        VmaPath::Vvar | VmaPath::VvarVclock => {
+            e.status |= VMA_AREA_VVAR;
+            e.flags = anon_flags;
+            PageRule::None
+        }
+        VmaPath::Vsyscall => {
+            e.status = VMA_AREA_VSYSCALL;
+            e.flags = anon_flags;
+            PageRule::None
+        }
+        VmaPath::File { path, deleted } => {
+            if *deleted {
+                return Err(unsupported(&format!("a mapping of the deleted file {path}")));
+            }
+            if v.shared && v.inode != 0 && path.starts_with("/memfd:") {
+                return Err(unsupported("shared memfd memory"));
+            }
+            let write = v.vm_flags.has("mw") && v.shared;
+            let flags = if write { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+            let id = files.add_path(pid, path, flags, 0)?;
+            e.shmid = id as u64;
+            if v.shared {
+                e.status |= VMA_FILE_SHARED;
+                PageRule::None
+            } else {
+                e.status |= VMA_FILE_PRIVATE;
+                PageRule::Cow
+            }
+        }
+        VmaPath::Anonymous | VmaPath::Heap | VmaPath::Stack => {
+            if v.shared {
+                return Err(unsupported("shared anonymous memory"));
+            }
+            e.status |= VMA_ANON_PRIVATE;
+            e.flags = anon_flags;
+            if v.path == VmaPath::Heap {
+                e.status |= VMA_AREA_HEAP;
+            }
+            if v.path == VmaPath::Stack {
+                e.status |= VMA_AREA_STACK;
+            }
+            if v.vm_flags.has("gd") {
+                e.flags |= libc::MAP_GROWSDOWN as u32;
+            }
+            PageRule::Anon
+        }
+        VmaPath::Other(name) => {
+            if name.starts_with("[anon:") && !v.shared {
+                e.status |= VMA_ANON_PRIVATE;
+                e.flags = anon_flags;
+                PageRule::Anon
+            } else {
+                return Err(unsupported(&format!("the mapping {name}")));
+            }
+        }
+    };
+    Ok((e, rule))
+}
+
+fn keep(rule: PageRule, e: &PagemapEntry, zero_pfn: Option<u64>) -> bool {
+    match rule {
+        PageRule::None => false,
+        PageRule::Anon => e.swapped || (e.present && (zero_pfn.is_none() || e.pfn != zero_pfn)),
+        PageRule::Cow => e.swapped || (e.present && !e.file_or_shared_anon),
+    }
+}
+
+/// Collect the memory layout and the pages to dump of a frozen task.
+pub fn collect(pid: i32, stat: &Stat, brk: u64, files: &mut FileTable) -> Result<MmDump> {
+    let vmas = procfs::read_smaps(pid)?;
+    let zero_pfn = crust_sys::mmap::zero_page_pfn();
+    let mut entries = Vec::with_capacity(vmas.len());
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut unreadable = Vec::new();
+    for v in &vmas {
+        let (e, rule) = classify(pid, v, files)?;
+        entries.push(e);
+        if rule == PageRule::None {
+            continue;
+        }
+        if !v.read {
+            unreadable.push((v.start, v.end));
+        }
+        let mut addr = v.start;
+        while addr < v.end {
+            let n = ((v.end - addr) / PAGE).min(PAGEMAP_CHUNK);
+            let pm = procfs::read_pagemap(pid, addr, n as usize)?;
+            for (i, pe) in pm.iter().enumerate() {
+                if !keep(rule, pe, zero_pfn) {
+                    continue;
+                }
+                let page = addr + i as u64 * PAGE;
+                match runs.last_mut() {
+                    Some(r) if r.vaddr + r.nr_pages * PAGE == page => r.nr_pages += 1,
+                    _ => runs.push(PageRun {
+                        vaddr: page,
+                        nr_pages: 1,
+                    }),
+                }
+            }
+            addr += n * PAGE;
+        }
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ctx(|| format!("reading /proc/{pid}/exe"))?;
+    let exe_file_id = files.add_path(pid, &exe.to_string_lossy(), libc::O_RDONLY as u32, 0)?;
+    let mut auxv: Vec<u64> = procfs::read_auxv(pid)?
+        .into_iter()
+        .flat_map(|(k, v)| [k, v])
+        .collect();
+    auxv.extend([0, 0]);
+    let entry = pb::MmEntry {
+        mm_start_code: stat.start_code,
+        mm_end_code: stat.end_code,
+        mm_start_data: stat.start_data,
+        mm_end_data: stat.end_data,
+        mm_start_stack: stat.startstack,
+        mm_start_brk: stat.start_brk,
+        mm_brk: brk,
+        mm_arg_start: stat.arg_start,
+        mm_arg_end: stat.arg_end,
+        mm_env_start: stat.env_start,
+        mm_env_end: stat.env_end,
+        exe_file_id,
+        mm_saved_auxv: auxv,
+        vmas: entries,
+        ..Default::default()
+    };
+    Ok(MmDump {
+        entry,
+        runs,
+        unreadable,
+    })
+}
+
+impl MmDump {
+    /// Number of pages to dump.
+    pub fn nr_pages(&self) -> u64 {
+        self.runs.iter().map(|r| r.nr_pages).sum()
+    }
+
+    /// The pagemap entries describing the runs.
+    pub fn pagemap_entries(&self) -> Vec<pb::PagemapEntry> {
+        self.runs
+            .iter()
+            .map(|r| pb::PagemapEntry {
+                vaddr: r.vaddr,
+                nr_pages: r.nr_pages as u32,
+                in_parent: None,
+                flags: Some(PE_PRESENT),
+            })
+            .collect()
+    }
+
+    /// Copy the pages of the frozen task into `out`, which was sized
+    /// (allocated) before the freeze; window by window, straight from the
+    /// task into the file's pages.
+    pub fn read_pages(&self, pid: i32, out: &PageFile, path: &Path) -> Result<()> {
+        let ranges = split_runs(&self.runs);
+        for (off, chunk) in windows(&ranges) {
+            let len: usize = chunk.iter().map(|r| r.len).sum();
+            out.write_window(off, len, |buf| self.read_chunk(pid, chunk, buf))
+                .ctx(|| format!("mapping {}", path.display()))??;
+        }
+        Ok(())
+    }
+
+    fn read_chunk(&self, pid: i32, chunk: &[RemoteRange], buf: &mut [u8]) -> Result<()> {
+        if self.unreadable.is_empty() {
+            return vm::read_ranges(pid, chunk, buf)
+                .ctx(|| format!("reading the memory of pid {pid}"));
+        }
+        let mut off = 0;
+        for r in chunk {
+            let dst = &mut buf[off..off + r.len];
+            let hidden = self
+                .unreadable
+                .iter()
+                .any(|&(s, e)| r.addr >= s && r.addr < e);
+            if hidden {
+                vm::read_proc_mem(pid, r.addr, dst)
+            } else {
+                vm::read_ranges(pid, std::slice::from_ref(r), dst)
+            }
+            .ctx(|| format!("reading the memory of pid {pid} at {:#x}", r.addr))?;
+            off += r.len;
+        }
+        Ok(())
+    }
+}
+
+/// Runs as remote ranges, split so that none crosses a window boundary of
+/// the page image.
+fn split_runs(runs: &[PageRun]) -> Vec<RemoteRange> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut file_off = 0u64;
+    for r in runs {
+        let mut addr = r.vaddr;
+        let mut left = r.nr_pages * PAGE;
+        while left > 0 {
+            let room = WINDOW - file_off % WINDOW;
+            let n = left.min(room);
+            out.push(RemoteRange {
+                addr,
+                len: n as usize,
+            });
+            addr += n;
+            left -= n;
+            file_off += n;
+        }
+    }
+    out
+}
+
+/// Group ranges (already split at window boundaries) into windows: each
+/// item is the file offset of the window and its ranges.
+fn windows(ranges: &[RemoteRange]) -> Vec<(u64, &[RemoteRange])> {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut off = 0u64;
+    let mut win_off = 0u64;
+    for (i, r) in ranges.iter().enumerate() {
+        if off > win_off && off % WINDOW == 0 {
+            out.push((win_off, &ranges[start..i]));
+            start = i;
+            win_off = off;
+        }
+        off += r.len as u64;
+    }
+    if start < ranges.len() {
+        out.push((win_off, &ranges[start..]));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Restore.
+
+/// Where a restored task's files come from: reg file entries by id.
+pub type FileIndex = HashMap<u32, pb::RegFileEntry>;
+
+fn is_special(v: &pb::VmaEntry) -> bool {
+    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0
+}
+
+/// Unmap every mapping the restored child inherited from crust except the
+/// vdso area, then move the vdso area to its dumped place.
+pub fn clear_and_move_vdso(r: &mut Remote, mm: &pb::MmEntry, file: &str) -> Result<()> {
+    let pid = r.pid();
+    let current = procfs::read_maps(pid)?;
+    for v in &current {
+        if matches!(
+            v.path,
+            VmaPath::Vdso | VmaPath::Vvar | VmaPath::VvarVclock | VmaPath::Vsyscall
+        ) {
+            continue;
+        }
+        r.call(
+            "munmap of an inherited mapping",
+            libc::SYS_munmap,
+            [v.start, v.end - v.start, 0, 0, 0, 0],
+        )?;
+    }
+    let now: Vec<&Vma> = current
+        .iter()
+        .filter(|v| matches!(v.path, VmaPath::Vdso | VmaPath::Vvar | VmaPath::VvarVclock))
+        .collect();
+    let want: Vec<&pb::VmaEntry> = mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR) != 0)
+        .collect();
+    let sizes_now: Vec<u64> = now.iter().map(|v| v.end - v.start).collect();
+    let sizes_want: Vec<u64> = want.iter().map(|v| v.end - v.start).collect();
+    if sizes_now != sizes_want {
+        return Err(Error::BadImage {
+            file: file.to_string(),
+            what: format!(
+                "the dumped vdso area {sizes_want:x?} differs from this kernel's {sizes_now:x?}; restoring on another kernel is not supported yet"
+            ),
+        });
+    }
+    if now.iter().zip(&want).all(|(n, w)| n.start == w.start) {
+        return Ok(());
+    }
+    // Park the area where neither the old nor the new place is, then move it
+    // into place, so that no step overlaps another.
+    let lo = now[0].start.min(want[0].start);
+    let hi = now.last().unwrap().end.max(want.last().unwrap().end);
+    let span = now.last().unwrap().end - now[0].start;
+    let park = if lo > span + (1 << 30) {
+        lo - span - (1 << 28)
+    } else {
+        hi + (1 << 28)
+    };
+    let moves: Vec<(u64, u64, u64)> = now
+        .iter()
+        .zip(&want)
+        .map(|(n, w)| (n.start, n.end - n.start, w.start))
+        .collect();
+    for &(old, len, _) in &moves {
+        let tmp = park + (old - now[0].start);
+        mremap(r, old, len, tmp)?;
+        r.refresh_ip()?;
+    }
+    for &(old, len, new) in &moves {
+        let tmp = park + (old - now[0].start);
+        mremap(r, tmp, len, new)?;
+        r.refresh_ip()?;
+    }
+    Ok(())
+}
+
+fn mremap(r: &Remote, old: u64, len: u64, new: u64) -> Result<()> {
+    let got = r.call(
+        "mremap of the vdso area",
+        libc::SYS_mremap,
+        [
+            old,
+            len,
+            len,
+            (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+            new,
+            0,
+        ],
+    )?;
+    if got != new {
+        return Err(Error::Restore {
+            pid: r.pid(),
+            what: format!("mremap moved {old:#x} to {got:#x}, not {new:#x}"),
+        });
+    }
+    Ok(())
+}
+
+/// A free address range for the scratch area in the dumped layout.
+pub fn scratch_gap(mm: &pb::MmEntry) -> u64 {
+    let mut cand: u64 = 16 << 20;
+    let mut vmas: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    vmas.sort_unstable();
+    for (s, e) in vmas {
+        if cand + SCRATCH_LEN as u64 <= s {
+            break;
+        }
+        cand = cand.max(e);
+    }
+    cand
+}
+
+/// Map every dumped VMA at its address, write the pages, then give each VMA
+/// its protection and advice. The scratch area must be mapped.
+pub fn map_and_fill(
+    r: &Remote,
+    mm: &pb::MmEntry,
+    files: &FileIndex,
+    pagemap: &[pb::PagemapEntry],
+    pages: &PageFile,
+    pages_name: &str,
+) -> Result<()> {
+    let pid = r.pid();
+    let filled = vmas_with_pages(mm, pagemap);
+    let mut fds: HashMap<(u32, u32), u64> = HashMap::new();
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if is_special(v) {
+            continue;
+        }
+        let mut prot = v.prot as u64;
+        if filled[i] {
+            prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        }
+        let mut flags = (v.flags as u64) | libc::MAP_FIXED as u64;
+        let mut fd = u64::MAX;
+        if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+            let id = v.shmid as u32;
+            let rf = files.get(&id).ok_or_else(|| Error::BadImage {
+                file: "mm".into(),
+                what: format!("VMA {:#x} refers to file id {id}, which files.img lacks", v.start),
+            })?;
+            let oflags = rf.flags & libc::O_ACCMODE as u32;
+            fd = match fds.get(&(id, oflags)) {
+                Some(&fd) => fd,
+                None => {
+                    let p = r.put_path(0, &rf.name)?;
+                    let fd = r.call(
+                        &format!("open of {}", rf.name),
+                        libc::SYS_openat,
+                        [libc::AT_FDCWD as u64, p, oflags as u64, 0, 0, 0],
+                    )?;
+                    fds.insert((id, oflags), fd);
+                    fd
+                }
+            };
+        } else {
+            flags |= libc::MAP_ANONYMOUS as u64;
+        }
+        let got = r.call(
+            &format!("mmap of {:#x}-{:#x}", v.start, v.end),
+            libc::SYS_mmap,
+            [v.start, v.end - v.start, prot, flags, fd, v.pgoff],
+        )?;
+        if got != v.start {
+            return Err(Error::Restore {
+                pid,
+                what: format!("mmap of {:#x} landed at {got:#x}", v.start),
+            });
+        }
+    }
+    for fd in fds.into_values() {
+        r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    }
+    write_pages(pid, pagemap, pages, pages_name)?;
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if is_special(v) {
+            continue;
+        }
+        let len = v.end - v.start;
+        if filled[i] && v.prot != (v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32) {
+            r.call(
+                "mprotect",
+                libc::SYS_mprotect,
+                [v.start, len, v.prot as u64, 0, 0, 0],
+            )?;
+        }
+        let madv = v.madv.unwrap_or(0);
+        for &(_, adv) in MADVICE {
+            if madv & (1 << adv) != 0 {
+                r.call(
+                    "madvise",
+                    libc::SYS_madvise,
+                    [v.start, len, adv as u64, 0, 0, 0],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which VMAs receive pages from the page image.
+fn vmas_with_pages(mm: &pb::MmEntry, pagemap: &[pb::PagemapEntry]) -> Vec<bool> {
+    mm.vmas
+        .iter()
+        .map(|v| {
+            pagemap.iter().any(|p| {
+                let end = p.vaddr + p.nr_pages as u64 * PAGE;
+                p.vaddr < v.end && end > v.start
+            })
+        })
+        .collect()
+}
+
+/// Check the pagemap against the VMAs and the page image's size.
+pub fn check_pagemap(
+    mm: &pb::MmEntry,
+    pagemap: &[pb::PagemapEntry],
+    pages_len: u64,
+    pagemap_name: &str,
+) -> Result<()> {
+    let bad = |what: String| Error::BadImage {
+        file: pagemap_name.to_string(),
+        what,
+    };
+    let mut total = 0u64;
+    let mut prev_end = 0u64;
+    for p in pagemap {
+        if p.vaddr % PAGE != 0 || p.nr_pages == 0 || p.vaddr < prev_end {
+            return Err(bad(format!(
+                "entry at {:#x} with {} pages is misaligned, empty or out of order",
+                p.vaddr, p.nr_pages
+            )));
+        }
+        let end = p
+            .vaddr
+            .checked_add(p.nr_pages as u64 * PAGE)
+            .ok_or_else(|| bad(format!("entry at {:#x} overflows", p.vaddr)))?;
+        let inside = mm
+            .vmas
+            .iter()
+            .any(|v| v.start <= p.vaddr && end <= v.end && !is_special(v));
+        if !inside {
+            return Err(bad(format!(
+                "pages {:#x}-{end:#x} lie outside every dumped VMA",
+                p.vaddr
+            )));
+        }
+        prev_end = end;
+        total += p.nr_pages as u64 * PAGE;
+    }
+    if total != pages_len {
+        return Err(bad(format!(
+            "lists {total} bytes of pages, the page image holds {pages_len}"
+        )));
+    }
+    Ok(())
+}
+
+fn write_pages(pid: i32, pagemap: &[pb::PagemapEntry], pages: &PageFile, name: &str) -> Result<()> {
+    let runs: Vec<PageRun> = pagemap
+        .iter()
+        .map(|p| PageRun {
+            vaddr: p.vaddr,
+            nr_pages: p.nr_pages as u64,
+        })
+        .collect();
+    let ranges = split_runs(&runs);
+    for (off, chunk) in windows(&ranges) {
+        let len: usize = chunk.iter().map(|r| r.len).sum();
+        pages
+            .read_window(off, len, |buf| vm::write_ranges(pid, chunk, buf))
+            .ctx(|| format!("mapping {name}"))?
+            .ctx(|| format!("writing the memory of pid {pid}"))?;
+    }
+    Ok(())
+}
+
+/// Size of `struct prctl_mm_map`: eleven u64 bounds, the auxv pointer,
+/// auxv_size and exe_fd.
+const PRCTL_MM_MAP_SIZE: usize = 12 * 8 + 4 + 4;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+
+/// Set the mm fields and the exe file with PR_SET_MM_MAP.
+pub fn set_mm_fields(r: &Remote, mm: &pb::MmEntry, files: &FileIndex) -> Result<()> {
+    let exe = files.get(&mm.exe_file_id).ok_or_else(|| Error::BadImage {
+        file: "mm".into(),
+        what: format!("exe file id {} is not in files.img", mm.exe_file_id),
+    })?;
+    let p = r.put_path(0, &exe.name)?;
+    let exe_fd = r.call(
+        &format!("open of the exe file {}", exe.name),
+        libc::SYS_openat,
+        [libc::AT_FDCWD as u64, p, libc::O_RDONLY as u64, 0, 0, 0],
+    )?;
+    let auxv: Vec<u8> = mm
+        .mm_saved_auxv
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    let map_size = PRCTL_MM_MAP_SIZE;
+    if map_size + auxv.len() > SCRATCH_LEN {
+        return Err(Error::BadImage {
+            file: "mm".into(),
+            what: format!("saved auxv of {} bytes is too long", auxv.len()),
+        });
+    }
+    let auxv_addr = r.put(map_size, &auxv)?;
+    let bytes: Vec<u8> = [
+        mm.mm_start_code,
+        mm.mm_end_code,
+        mm.mm_start_data,
+        mm.mm_end_data,
+        mm.mm_start_brk,
+        mm.mm_brk,
+        mm.mm_start_stack,
+        mm.mm_arg_start,
+        mm.mm_arg_end,
+        mm.mm_env_start,
+        mm.mm_env_end,
+        auxv_addr,
+    ]
+    .iter()
+    .flat_map(|v| v.to_ne_bytes())
+    .chain((auxv.len() as u32).to_ne_bytes())
+    .chain((exe_fd as u32).to_ne_bytes())
+    .collect();
+    let addr = r.put(0, &bytes)?;
+    let res = r.call(
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [PR_SET_MM, PR_SET_MM_MAP, addr, map_size as u64, 0, 0],
+    );
+    r.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    res.map(drop)
+}

@@ -1,0 +1,71 @@
+//! Signal handlers: every sigaction, read and set with remote rt_sigaction
+//! (the kernel shows handlers only to the task itself).
+
+use crust_image::pb;
+
+use crate::error::{Error, Result};
+use crate::remote::Remote;
+
+/// Number of signals (1..=64).
+const NSIG: u64 = 64;
+/// Size of the kernel's `struct sigaction` on x86_64.
+const KSIGACTION: usize = 32;
+
+fn settable(sig: u64) -> bool {
+    sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64
+}
+
+/// Read every sigaction of a frozen task (scratch area mapped): one entry
+/// per signal 1..=64, SIGKILL and SIGSTOP included as CRIU writes them.
+pub fn dump(r: &Remote) -> Result<Vec<pb::SaEntry>> {
+    let mut out = Vec::with_capacity(NSIG as usize);
+    for sig in 1..=NSIG {
+        let mut k = [0u8; KSIGACTION];
+        if settable(sig) {
+            let s = r.scratch();
+            r.call(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, 0, s, 8, 0, 0],
+            )?;
+            r.get(0, &mut k)?;
+        }
+        let w = |i: usize| u64::from_le_bytes(k[i * 8..i * 8 + 8].try_into().unwrap());
+        out.push(pb::SaEntry {
+            sigaction: w(0),
+            flags: w(1),
+            restorer: w(2),
+            mask: w(3),
+            compat_sigaction: None,
+            mask_extended: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Set every sigaction of a restored task (scratch area mapped).
+pub fn restore(r: &Remote, actions: &[pb::SaEntry], file: &str) -> Result<()> {
+    if actions.len() > NSIG as usize {
+        return Err(Error::BadImage {
+            file: file.to_string(),
+            what: format!("{} sigactions, at most {NSIG} signals exist", actions.len()),
+        });
+    }
+    for (i, a) in actions.iter().enumerate() {
+        let sig = i as u64 + 1;
+        if !settable(sig) {
+            continue;
+        }
+        let k: Vec<u8> = [a.sigaction, a.flags, a.restorer, a.mask]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let p = r.put(0, &k)?;
+        r.call(
+            &format!("rt_sigaction({sig})"),
+            libc::SYS_rt_sigaction,
+            [sig, p, 0, 8, 0, 0],
+        )?;
+    }
+    Ok(())
+}

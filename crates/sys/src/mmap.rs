@@ -1,0 +1,156 @@
+//! Page image files, moved through short-lived mappings: pages go straight
+//! between a task and the file's page cache (no copy through crust's heap),
+//! one window at a time, so crust's own memory stays small whatever the
+//! size of the image.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// A page image file.
+pub struct PageFile {
+    file: File,
+    len: u64,
+}
+
+impl PageFile {
+    /// Create `path` with `len` bytes allocated ahead of time (fallocate),
+    /// so that filling it later only copies.
+    pub fn create(path: &Path, len: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        if len > 0 {
+            // SAFETY: plain syscall on our own fd.
+            let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as i64) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(PageFile { file, len })
+    }
+
+    /// Open an existing page image for reading.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(PageFile { file, len })
+    }
+
+    /// Current length of the file in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the file holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Map `[offset, offset + len)` (offset page-aligned, inside the file)
+    /// read-only and call `f` on it; the mapping is gone when this returns.
+    pub fn read_window<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        self.window(offset, len, false, |s| f(s))
+    }
+
+    /// Map `[offset, offset + len)` shared and writable, prefaulted, and call
+    /// `f` on it; the mapping is gone when this returns.
+    pub fn write_window<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> io::Result<R> {
+        self.window(offset, len, true, f)
+    }
+
+    fn window<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        writable: bool,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> io::Result<R> {
+        if offset % 4096 != 0 || offset + len as u64 > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "window {offset}+{len} outside page file of {} bytes",
+                    self.len
+                ),
+            ));
+        }
+        if len == 0 {
+            return Ok(f(&mut []));
+        }
+        let (prot, flags) = if writable {
+            (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED)
+        } else {
+            (libc::PROT_READ, libc::MAP_PRIVATE)
+        };
+        // SAFETY: a fresh mapping of our own file; unmapped below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags | libc::MAP_POPULATE,
+                self.file.as_raw_fd(),
+                offset as i64,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ptr..ptr+len is the mapping made above. A read-only window
+        // is only handed out as &[u8] by read_window.
+        let slice = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) };
+        let r = f(slice);
+        // SAFETY: unmapping the mapping made above, once.
+        unsafe { libc::munmap(ptr, len) };
+        Ok(r)
+    }
+
+    /// Cut the file to `len` bytes and fsync it.
+    pub fn finish(self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_all()
+    }
+}
+
+/// The pfn of the shared zero page, found by reading a fresh anonymous page
+/// of crust's own and looking it up in /proc/self/pagemap; `None` when the
+/// kernel hides pfns.
+pub fn zero_page_pfn() -> Option<u64> {
+    // SAFETY: a fresh private anonymous page, read once, unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: ptr is a readable page; the read faults in the zero page.
+    unsafe { std::ptr::read_volatile(ptr.cast::<u8>()) };
+    let pfn = crate::procfs::read_pagemap(std::process::id() as i32, ptr as u64, 1)
+        .ok()
+        .and_then(|e| e.first().and_then(|e| e.pfn));
+    // SAFETY: unmapping the page mapped above.
+    unsafe { libc::munmap(ptr, 4096) };
+    pfn.filter(|&p| p != 0)
+}

@@ -1,0 +1,35 @@
+//! Per-thread state the kernel shows to a tracer without remote syscalls:
+//! the robust futex list, and the XSAVE layout of this CPU.
+
+use std::io;
+
+use libc::pid_t;
+
+/// The robust futex list head and length of thread `tid` (get_robust_list).
+pub fn robust_list(tid: pid_t) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out pointers are valid for the kernel to write.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((head, len as u64))
+}
+
+/// Offset and size of XSAVE state component `component` in the standard
+/// (non-compacted) layout that ptrace's NT_X86_XSTATE uses, from CPUID leaf
+/// 0xD; `None` when the CPU does not have it.
+pub fn xsave_component(component: u32) -> Option<(usize, usize)> {
+    #[allow(unused_unsafe)]
+    // SAFETY: cpuid is always available on x86_64.
+    let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, component) };
+    (r.eax != 0).then_some((r.ebx as usize, r.eax as usize))
+}
