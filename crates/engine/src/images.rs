@@ -28,7 +28,12 @@ impl ImageDir {
     }
 
     /// Write image `name` of `kind` with `entries`, and fsync it.
-    pub fn write<M: prost::Message>(&self, name: &str, kind: ImageKind, entries: &[M]) -> Result<()> {
+    pub fn write<M: prost::Message>(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        entries: &[M],
+    ) -> Result<()> {
         let path = self.file(name);
         let io = |e| ImageError::io(path.display().to_string(), e);
         let f = File::create(&path).map_err(io)?;
@@ -54,7 +59,8 @@ impl ImageDir {
 
     /// fsync the folder itself, so the new names are durable.
     pub fn sync(&self) -> Result<()> {
-        let d = File::open(&self.path).map_err(|e| ImageError::io(self.path.display().to_string(), e))?;
+        let d = File::open(&self.path)
+            .map_err(|e| ImageError::io(self.path.display().to_string(), e))?;
         d.sync_all()
             .map_err(|e| ImageError::io(self.path.display().to_string(), e))?;
         Ok(())

@@ -23,8 +23,8 @@ use crust_sys::mmap::PageFile;
 use crust_sys::procfs;
 use crust_sys::ptrace;
 
-pub use error::{Error, Result};
 use error::Context;
+pub use error::{Error, Result};
 use files::{FdOptions, FileTable};
 use images::ImageDir;
 use remote::Remote;
@@ -77,7 +77,9 @@ fn check_privileges() -> Result<()> {
     let status = procfs::read_status(std::process::id() as i32)?;
     for (bit, name) in [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")] {
         if status.cap_eff & (1u64 << bit) == 0 {
-            return Err(Error::Privilege(format!("{name}, which this process lacks")));
+            return Err(Error::Privilege(format!(
+                "{name}, which this process lacks"
+            )));
         }
     }
     Ok(())
@@ -135,7 +137,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         Ok((facts, sigactions))
     })();
     let cleanup = r.unmap_scratch();
-    ptrace::set_sigmask(pid, thread.sigmask).ctx(|| format!("restoring the signal mask of {pid}"))?;
+    ptrace::set_sigmask(pid, thread.sigmask)
+        .ctx(|| format!("restoring the signal mask of {pid}"))?;
     ptrace::set_regs(pid, &thread.regs).ctx(|| format!("restoring the registers of {pid}"))?;
     let (facts, sigactions) = asked?;
     cleanup?;
@@ -152,7 +155,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         sighand_id: 1,
         ..Default::default()
     };
-    let core = task::core_entry(pid, &stat, &status, &thread, &facts, sigactions, ids.clone())?;
+    let core = task::core_entry(pid, &stat, &status, &thread, &facts, sigactions, ids)?;
 
     // Pages: straight from the task into the page image.
     let t_mem = Instant::now();
@@ -160,27 +163,39 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let need = nr_pages * mm::PAGE;
     if need > pages.len() {
         drop(pages);
-        pages = PageFile::create(&pages_path, need).ctx(|| format!("allocating {}", pages_path.display()))?;
+        pages = PageFile::create(&pages_path, need)
+            .ctx(|| format!("allocating {}", pages_path.display()))?;
     }
     mm_dump.read_pages(pid, &pages, &pages_path)?;
-    pages.finish(need).ctx(|| format!("writing {}", pages_path.display()))?;
+    pages
+        .finish(need)
+        .ctx(|| format!("writing {}", pages_path.display()))?;
     let memdump_us = us(t_mem);
 
     let upid = pid as u32;
-    dir.write(names::PSTREE, ImageKind::Pstree, &[tree::pstree_entry(&stat)])?;
+    dir.write(
+        names::PSTREE,
+        ImageKind::Pstree,
+        &[tree::pstree_entry(&stat)],
+    )?;
     dir.write(&names::core(upid), ImageKind::Core, &[core])?;
-    dir.write(&names::ids(upid), ImageKind::Ids, &[ids.clone()])?;
+    dir.write(&names::ids(upid), ImageKind::Ids, &[ids])?;
     dir.write(&names::mm(upid), ImageKind::Mm, &[mm_dump.entry.clone()])?;
     {
         let path = dir.file(&names::pagemap(upid as u64));
         let io = |e| crust_image::ImageError::io(path.display().to_string(), e);
         let f = std::fs::File::create(&path).map_err(io)?;
-        let mut w = crust_image::ImageWriter::new(std::io::BufWriter::new(f), ImageKind::Pagemap).map_err(io)?;
+        let mut w = crust_image::ImageWriter::new(std::io::BufWriter::new(f), ImageKind::Pagemap)
+            .map_err(io)?;
         w.write_entry(&pb::PagemapHead { pages_id }).map_err(io)?;
         for e in mm_dump.pagemap_entries() {
             w.write_entry(&e).map_err(io)?;
         }
-        let f = w.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
+        let f = w
+            .finish()
+            .map_err(io)?
+            .into_inner()
+            .map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)?;
     }
     dir.write(names::FILES, ImageKind::Files, files.entries())?;
@@ -191,7 +206,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         freezing_us,
         frozen_us,
         memdump_us,
-        pages_scanned: mm_dump.entry.vmas.iter().map(|v| (v.end - v.start) / mm::PAGE).sum(),
+        pages_scanned: mm_dump
+            .entry
+            .vmas
+            .iter()
+            .map(|v| (v.end - v.start) / mm::PAGE)
+            .sum(),
         pages_written: nr_pages,
     };
     dir.write(
@@ -275,14 +295,29 @@ fn bad(file: &str, what: impl Into<String>) -> Error {
 fn load(dir: &ImageDir) -> Result<Plan> {
     let inv: pb::InventoryEntry = dir.read_one(names::INVENTORY, ImageKind::Inventory)?;
     if inv.img_version != IMG_VERSION {
-        return Err(bad(names::INVENTORY, format!("image version {} (crust reads {IMG_VERSION})", inv.img_version)));
+        return Err(bad(
+            names::INVENTORY,
+            format!(
+                "image version {} (crust reads {IMG_VERSION})",
+                inv.img_version
+            ),
+        ));
     }
     let tree: Vec<pb::PstreeEntry> = dir.read(names::PSTREE, ImageKind::Pstree)?;
     let [root] = tree.as_slice() else {
-        return Err(bad(names::PSTREE, format!("holds {} processes; crust restores a single process so far", tree.len())));
+        return Err(bad(
+            names::PSTREE,
+            format!(
+                "holds {} processes; crust restores a single process so far",
+                tree.len()
+            ),
+        ));
     };
     if root.threads.len() != 1 || root.threads[0] != root.pid {
-        return Err(bad(names::PSTREE, "the process has several threads; crust restores single-threaded processes so far"));
+        return Err(bad(
+            names::PSTREE,
+            "the process has several threads; crust restores single-threaded processes so far",
+        ));
     }
     if root.pid == 0 || root.pid > i32::MAX as u32 {
         return Err(bad(names::PSTREE, format!("invalid pid {}", root.pid)));
@@ -291,7 +326,10 @@ fn load(dir: &ImageDir) -> Result<Plan> {
     let core_name = names::core(pid);
     let mut cores: Vec<pb::CoreEntry> = dir.read(&core_name, ImageKind::Core)?;
     if cores.len() != 1 {
-        return Err(bad(&core_name, format!("holds {} entries, expected 1", cores.len())));
+        return Err(bad(
+            &core_name,
+            format!("holds {} entries, expected 1", cores.len()),
+        ));
     }
     let core = cores.remove(0);
     task::parts(&core, &core_name)?;
@@ -302,8 +340,9 @@ fn load(dir: &ImageDir) -> Result<Plan> {
     let (head, pagemap) = crust_image::read_pagemap(&dir.file(&pagemap_name))?;
     let pages_name = names::pages(head.pages_id);
     let pages_path = dir.file(&pages_name);
-    let pages = PageFile::open(&pages_path).map_err(|e| crust_image::ImageError::io(pages_path.display().to_string(), e))?;
-    mm::check_pagemap(&mm, &pagemap, pages.len(), &pagemap_name)?;
+    let pages = PageFile::open(&pages_path)
+        .map_err(|e| crust_image::ImageError::io(pages_path.display().to_string(), e))?;
+    mm::check_pagemap(&mm, &pagemap, pages.len(), &pagemap_name, &pages_name)?;
     let file_list: Vec<pb::FileEntry> = dir.read(names::FILES, ImageKind::Files)?;
     let files = file_list.into_iter().map(|f| (f.id, f)).collect();
     let fdinfo_name = names::fdinfo(ids.files_id);
@@ -330,7 +369,12 @@ fn reg_path<'a>(plan: &'a Plan, id: u32, what: &str) -> Result<&'a pb::RegFileEn
     plan.files
         .get(&id)
         .and_then(|f| f.reg.as_ref())
-        .ok_or_else(|| bad(names::FILES, format!("the {what} (file id {id}) is missing")))
+        .ok_or_else(|| {
+            bad(
+                names::FILES,
+                format!("the {what} (file id {id}) is missing"),
+            )
+        })
 }
 
 /// Restore the task in `opts.images_dir`; returns its pid. The task runs
@@ -355,8 +399,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     }
     let exe = reg_path(&plan, plan.mm.exe_file_id, "exe file")?;
     files::check_unchanged(exe)?;
-    let cwd = reg_path(&plan, plan.fs.cwd_id, "working directory")?.name.clone();
-    let root = reg_path(&plan, plan.fs.root_id, "root directory")?.name.clone();
+    let cwd = reg_path(&plan, plan.fs.cwd_id, "working directory")?
+        .name
+        .clone();
+    let root = reg_path(&plan, plan.fs.root_id, "root directory")?
+        .name
+        .clone();
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
     };
@@ -366,12 +414,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     if !own_session && !opts.shell_job {
         return Err(Error::Restore {
             pid,
-            what: format!("its session leader {} is not in the images; restore with --shell-job (-j)", plan.sid),
+            what: format!(
+                "its session leader {} is not in the images; restore with --shell-job (-j)",
+                plan.sid
+            ),
         });
     }
     let own_group = plan.pgid == pid;
     let umask = plan.fs.umask;
     let tc = parts.tc.clone();
+    let th = parts.th.clone();
     let t_fork = Instant::now();
     let child = tree::fork_task(pid, |chan| {
         if own_session {
@@ -383,6 +435,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         prepared.install(chan)?;
         fs::apply(&cwd, &root, umask)?;
         task::apply_rlimits(&tc)?;
+        task::apply_sched(&th)?;
         Ok(())
     })?;
     let forking_us = us(t_fork);
@@ -394,7 +447,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     task::unregister_rseq(&r)?;
     mm::clear_and_move_vdso(&mut r, &plan.mm, &names::mm(pid as u32))?;
     r.map_scratch(Some(mm::scratch_gap(&plan.mm)))?;
-    mm::map_and_fill(&r, &plan.mm, &reg_index, &plan.pagemap, &plan.pages, &plan.pages_name)?;
+    mm::map_and_fill(
+        &r,
+        &plan.mm,
+        &reg_index,
+        &plan.pagemap,
+        &plan.pages,
+        &plan.pages_name,
+    )?;
     mm::set_mm_fields(&r, &plan.mm, &reg_index)?;
     signal::restore(&r, &parts.tc.sigactions, &plan.core_name)?;
     task::restore_late(&r, &parts)?;
@@ -445,7 +505,10 @@ pub fn check() -> Result<Vec<String>> {
     let mut ok = Vec::new();
     let me = std::process::id() as i32;
     let maps = procfs::read_maps(me)?;
-    for (name, path) in [("[vdso]", procfs::VmaPath::Vdso), ("[vvar]", procfs::VmaPath::Vvar)] {
+    for (name, path) in [
+        ("[vdso]", procfs::VmaPath::Vdso),
+        ("[vvar]", procfs::VmaPath::Vvar),
+    ] {
         if !maps.iter().any(|v| v.path == path) {
             return Err(Error::Kernel(format!("a {name} mapping")));
         }
@@ -456,7 +519,9 @@ pub fn check() -> Result<Vec<String>> {
     procfs::read_pagemap(me, maps[0].start, 1)?;
     ok.push("/proc/PID/pagemap".into());
     if !std::path::Path::new("/proc/self/map_files").exists() {
-        return Err(Error::Kernel("CONFIG_CHECKPOINT_RESTORE (/proc/PID/map_files)".into()));
+        return Err(Error::Kernel(
+            "CONFIG_CHECKPOINT_RESTORE (/proc/PID/map_files)".into(),
+        ));
     }
     ok.push("CONFIG_CHECKPOINT_RESTORE".into());
     Ok(ok)

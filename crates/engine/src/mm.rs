@@ -174,7 +174,9 @@ fn classify(pid: i32, v: &Vma, files: &mut FileTable) -> Result<(pb::VmaEntry, P
         }
         VmaPath::File { path, deleted } => {
             if *deleted {
-                return Err(unsupported(&format!("a mapping of the deleted file {path}")));
+                return Err(unsupported(&format!(
+                    "a mapping of the deleted file {path}"
+                )));
             }
             if v.shared && v.inode != 0 && path.starts_with("/memfd:") {
                 return Err(unsupported("shared memfd memory"));
@@ -255,7 +257,9 @@ pub fn collect(pid: i32, stat: &Stat, brk: u64, files: &mut FileTable) -> Result
                 }
                 let page = addr + i as u64 * PAGE;
                 match runs.last_mut() {
-                    Some(r) if r.vaddr + r.nr_pages * PAGE == page => r.nr_pages += 1,
+                    Some(r) if r.vaddr >= v.start && r.vaddr + r.nr_pages * PAGE == page => {
+                        r.nr_pages += 1
+                    }
                     _ => runs.push(PageRun {
                         vaddr: page,
                         nr_pages: 1,
@@ -384,7 +388,7 @@ fn windows(ranges: &[RemoteRange]) -> Vec<(u64, &[RemoteRange])> {
     let mut off = 0u64;
     let mut win_off = 0u64;
     for (i, r) in ranges.iter().enumerate() {
-        if off > win_off && off % WINDOW == 0 {
+        if off > win_off && off.is_multiple_of(WINDOW) {
             out.push((win_off, &ranges[start..i]));
             start = i;
             win_off = off;
@@ -538,7 +542,10 @@ pub fn map_and_fill(
             let id = v.shmid as u32;
             let rf = files.get(&id).ok_or_else(|| Error::BadImage {
                 file: "mm".into(),
-                what: format!("VMA {:#x} refers to file id {id}, which files.img lacks", v.start),
+                what: format!(
+                    "VMA {:#x} refers to file id {id}, which files.img lacks",
+                    v.start
+                ),
             })?;
             let oflags = rf.flags & libc::O_ACCMODE as u32;
             fd = match fds.get(&(id, oflags)) {
@@ -618,6 +625,7 @@ pub fn check_pagemap(
     pagemap: &[pb::PagemapEntry],
     pages_len: u64,
     pagemap_name: &str,
+    pages_name: &str,
 ) -> Result<()> {
     let bad = |what: String| Error::BadImage {
         file: pagemap_name.to_string(),
@@ -651,7 +659,7 @@ pub fn check_pagemap(
     }
     if total != pages_len {
         return Err(bad(format!(
-            "lists {total} bytes of pages, the page image holds {pages_len}"
+            "lists {total} bytes of pages, but {pages_name} holds {pages_len}"
         )));
     }
     Ok(())

@@ -23,11 +23,7 @@ pub fn dump(r: &Remote) -> Result<Vec<pb::SaEntry>> {
         let mut k = [0u8; KSIGACTION];
         if settable(sig) {
             let s = r.scratch();
-            r.call(
-                "rt_sigaction",
-                libc::SYS_rt_sigaction,
-                [sig, 0, s, 8, 0, 0],
-            )?;
+            r.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, 0, s, 8, 0, 0])?;
             r.get(0, &mut k)?;
         }
         let w = |i: usize| u64::from_le_bytes(k[i * 8..i * 8 + 8].try_into().unwrap());

@@ -7,7 +7,7 @@
 use crust_image::pb;
 use crust_sys::procfs::{self, Rlimit, Stat, Status};
 use crust_sys::ptrace::{self, Regs, UserDesc};
-use crust_sys::task::{robust_list, xsave_component};
+use crust_sys::task::{get_sched, robust_list, set_nice, set_sched, xsave_component};
 
 use crate::error::{Context, Error, Result};
 use crate::remote::Remote;
@@ -387,7 +387,11 @@ pub fn ask(r: &Remote) -> Result<RemoteFacts> {
     let mut buf = [0u8; 40];
     r.get(0, &mut buf)?;
     let brk = r.call("brk(0)", libc::SYS_brk, [0; 6])?;
-    let dumpable = r.call("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [PR_GET_DUMPABLE, 0, 0, 0, 0, 0])?;
+    let dumpable = r.call(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
+    )?;
     let secbits = r.call(
         "prctl(PR_GET_SECUREBITS)",
         libc::SYS_prctl,
@@ -424,6 +428,7 @@ pub fn core_entry(
     let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
         .ctx(|| format!("reading /proc/{pid}/oom_score_adj"))?;
     let (rla, rla_len) = robust_list(pid).ctx(|| format!("get_robust_list of {pid}"))?;
+    let (policy, prio) = get_sched(pid).ctx(|| format!("scheduling policy of {pid}"))?;
     let task_state = if stat.state == 'T' {
         TASK_STOPPED
     } else {
@@ -453,8 +458,11 @@ pub fn core_entry(
         thread_core: Some(pb::ThreadCoreEntry {
             futex_rla: rla,
             futex_rla_len: rla_len as u32,
+            sched_nice: Some(stat.nice as i32),
+            sched_policy: Some(policy as u32),
+            sched_prio: Some(prio as u32),
             blk_sigset: Some(thread.sigmask),
-            sas: Some(facts.sas.clone()),
+            sas: Some(facts.sas),
             pdeath_sig: Some(facts.pdeath_sig),
             creds: Some(creds_of(status, facts.secbits)),
             comm: Some(status.name.clone()),
@@ -466,7 +474,6 @@ pub fn core_entry(
             }),
             ..Default::default()
         }),
-        ..Default::default()
     })
 }
 
@@ -492,13 +499,22 @@ pub fn parts<'a>(core: &'a pb::CoreEntry, file: &str) -> Result<CoreParts<'a>> {
     if core.mtype != MARCH_X86_64 {
         return Err(Error::BadImage {
             file: file.to_string(),
-            what: format!("is for architecture {} (crust restores x86_64 only)", core.mtype),
+            what: format!(
+                "is for architecture {} (crust restores x86_64 only)",
+                core.mtype
+            ),
         });
     }
     Ok(CoreParts {
-        ti: core.thread_info.as_ref().ok_or_else(|| missing("thread_info"))?,
+        ti: core
+            .thread_info
+            .as_ref()
+            .ok_or_else(|| missing("thread_info"))?,
         tc: core.tc.as_ref().ok_or_else(|| missing("tc"))?,
-        th: core.thread_core.as_ref().ok_or_else(|| missing("thread_core"))?,
+        th: core
+            .thread_core
+            .as_ref()
+            .ok_or_else(|| missing("thread_core"))?,
     })
 }
 
@@ -571,11 +587,22 @@ pub fn restore_late(r: &Remote, p: &CoreParts) -> Result<()> {
     let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
     name.push(0);
     let a = r.put(0, &name)?;
-    r.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [PR_SET_NAME, a, 0, 0, 0, 0])?;
+    r.call(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        [PR_SET_NAME, a, 0, 0, 0, 0],
+    )?;
     r.call(
         "prctl(PR_SET_PDEATHSIG)",
         libc::SYS_prctl,
-        [PR_SET_PDEATHSIG, p.th.pdeath_sig.unwrap_or(0) as u64, 0, 0, 0, 0],
+        [
+            PR_SET_PDEATHSIG,
+            p.th.pdeath_sig.unwrap_or(0) as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
     )?;
     if let Some(c) = &p.th.creds {
         restore_creds(r, c)?;
@@ -585,9 +612,11 @@ pub fn restore_late(r: &Remote, p: &CoreParts) -> Result<()> {
 
 /// Plain credentials: groups, then gids, then uids.
 fn restore_creds(r: &Remote, c: &pb::CredsEntry) -> Result<()> {
-    let root = [c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid, c.sgid, c.fsgid]
-        .iter()
-        .all(|&v| v == 0);
+    let root = [
+        c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid, c.sgid, c.fsgid,
+    ]
+    .iter()
+    .all(|&v| v == 0);
     if root && c.groups.is_empty() {
         return Ok(());
     }
@@ -603,13 +632,21 @@ fn restore_creds(r: &Remote, c: &pb::CredsEntry) -> Result<()> {
         libc::SYS_setresgid,
         [c.gid as u64, c.egid as u64, c.sgid as u64, 0, 0, 0],
     )?;
-    r.call("setfsgid", libc::SYS_setfsgid, [c.fsgid as u64, 0, 0, 0, 0, 0])?;
+    r.call(
+        "setfsgid",
+        libc::SYS_setfsgid,
+        [c.fsgid as u64, 0, 0, 0, 0, 0],
+    )?;
     r.call(
         "setresuid",
         libc::SYS_setresuid,
         [c.uid as u64, c.euid as u64, c.suid as u64, 0, 0, 0],
     )?;
-    r.call("setfsuid", libc::SYS_setfsuid, [c.fsuid as u64, 0, 0, 0, 0, 0])?;
+    r.call(
+        "setfsuid",
+        libc::SYS_setfsuid,
+        [c.fsuid as u64, 0, 0, 0, 0, 0],
+    )?;
     Ok(())
 }
 
@@ -750,6 +787,20 @@ pub fn apply_rlimits(tc: &pb::TaskCoreEntry) -> Result<()> {
     for (res, l) in rl.rlimits.iter().enumerate() {
         nix::sys::resource::setrlimit(resource_of(res as u32)?, l.cur, l.max)
             .ctx(|| format!("setrlimit({})", rlimit_name(res as u32)))?;
+    }
+    Ok(())
+}
+
+/// Set the scheduling policy, priority and nice value in the restored child
+/// itself (before it stops). Runs in the forked child.
+pub fn apply_sched(th: &pb::ThreadCoreEntry) -> Result<()> {
+    if let Some(policy) = th.sched_policy {
+        let prio = th.sched_prio.unwrap_or(0) as i32;
+        set_sched(0, policy as i32, prio)
+            .ctx(|| format!("sched_setscheduler({policy}, {prio})"))?;
+    }
+    if let Some(nice) = th.sched_nice {
+        set_nice(0, nice).ctx(|| format!("setpriority({nice})"))?;
     }
     Ok(())
 }

@@ -263,8 +263,11 @@ pub fn fork_task(pid: i32, setup: impl FnOnce(&mut OwnedFd) -> Result<()>) -> Re
             });
         }
     }
-    ptrace::set_options(child_pid, libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL)
-        .ctx(|| format!("PTRACE_SETOPTIONS of {pid}"))?;
+    ptrace::set_options(
+        child_pid,
+        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL,
+    )
+    .ctx(|| format!("PTRACE_SETOPTIONS of {pid}"))?;
     Ok(child)
 }
 

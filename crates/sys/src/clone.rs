@@ -29,10 +29,9 @@ struct CloneArgs {
 pub fn fork_with_pid<F: FnOnce() -> i32>(pid: pid_t, child: F) -> io::Result<pid_t> {
     let threads = std::fs::read_dir("/proc/self/task")?.count();
     if threads != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!("fork_with_pid needs a single-threaded caller, this process has {threads} threads"),
-        ));
+        return Err(io::Error::other(format!(
+            "fork_with_pid needs a single-threaded caller, this process has {threads} threads"
+        )));
     }
     let tids = [pid as u64];
     let args = CloneArgs {

@@ -80,7 +80,7 @@ impl PageFile {
         writable: bool,
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> io::Result<R> {
-        if offset % 4096 != 0 || offset + len as u64 > self.len {
+        if !offset.is_multiple_of(4096) || offset + len as u64 > self.len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(

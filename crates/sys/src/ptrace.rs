@@ -161,7 +161,12 @@ fn wait_flags(tid: pid_t, flags: i32) -> io::Result<Option<WaitEvent>> {
 pub fn get_regs(tid: pid_t) -> io::Result<Regs> {
     // SAFETY: user_regs_struct is plain old data.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
-    ptrace_raw(libc::PTRACE_GETREGS, tid, 0, &mut regs as *mut Regs as usize)?;
+    ptrace_raw(
+        libc::PTRACE_GETREGS,
+        tid,
+        0,
+        &mut regs as *mut Regs as usize,
+    )?;
     Ok(regs)
 }
 

@@ -101,22 +101,16 @@ impl RemoteSyscaller {
                     ptrace::resume_syscall(self.tid, 0)?;
                 }
                 WaitEvent::Exited(code) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Other,
-                        format!(
-                            "task {} exited with {code} during a remote syscall",
-                            self.tid
-                        ),
-                    ))
+                    return Err(io::Error::other(format!(
+                        "task {} exited with {code} during a remote syscall",
+                        self.tid
+                    )))
                 }
                 WaitEvent::Signaled(sig) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Other,
-                        format!(
-                            "task {} was killed by signal {sig} during a remote syscall",
-                            self.tid
-                        ),
-                    ))
+                    return Err(io::Error::other(format!(
+                        "task {} was killed by signal {sig} during a remote syscall",
+                        self.tid
+                    )))
                 }
             }
         }

@@ -33,3 +33,40 @@ pub fn xsave_component(component: u32) -> Option<(usize, usize)> {
     let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, component) };
     (r.eax != 0).then_some((r.ebx as usize, r.eax as usize))
 }
+
+/// Scheduling policy (with SCHED_RESET_ON_FORK if set) and static priority
+/// of thread `tid`.
+pub fn get_sched(tid: pid_t) -> io::Result<(i32, i32)> {
+    // SAFETY: plain syscalls; param is a valid out pointer.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as above.
+    if unsafe { libc::sched_getparam(tid, &mut param) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((policy, param.sched_priority))
+}
+
+/// Set the scheduling policy and priority of thread `tid` (0: the caller).
+pub fn set_sched(tid: pid_t, policy: i32, prio: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: plain syscall with a valid param pointer.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Set the nice value of thread `tid` (0: the caller).
+pub fn set_nice(tid: pid_t, nice: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

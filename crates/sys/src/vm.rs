@@ -30,7 +30,13 @@ enum Direction {
 /// Read `ranges` of process `pid`, in order, into `local`, which must be
 /// exactly as long as the ranges together.
 pub fn read_ranges(pid: pid_t, ranges: &[RemoteRange], local: &mut [u8]) -> io::Result<()> {
-    transfer(pid, ranges, local.as_mut_ptr(), local.len(), Direction::Read)
+    transfer(
+        pid,
+        ranges,
+        local.as_mut_ptr(),
+        local.len(),
+        Direction::Read,
+    )
 }
 
 /// Write `local`, in order, into `ranges` of process `pid`.
@@ -94,13 +100,10 @@ fn transfer(
         }
         let mut moved = r as usize;
         if moved == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                format!(
-                    "no progress moving memory at {:#x} of pid {pid}",
-                    ranges[idx].addr as usize + skip
-                ),
-            ));
+            return Err(io::Error::other(format!(
+                "no progress moving memory at {:#x} of pid {pid}",
+                ranges[idx].addr as usize + skip
+            )));
         }
         done += moved;
         while moved > 0 {

@@ -123,8 +123,10 @@ pub fn dump_fds(pid: i32, table: &mut FileTable, opts: &FdOptions) -> Result<Vec
             .ctx(|| format!("reading /proc/{pid}/fd/{fd}"))?
             .to_string_lossy()
             .into_owned();
-        let file = pidfd::pidfd_getfd(&pidfd, fd).ctx(|| format!("pidfd_getfd of fd {fd} of {pid}"))?;
-        let stat = nix::sys::stat::fstat(file.as_raw_fd()).ctx(|| format!("fstat of fd {fd} of {pid}"))?;
+        let file =
+            pidfd::pidfd_getfd(&pidfd, fd).ctx(|| format!("pidfd_getfd of fd {fd} of {pid}"))?;
+        let stat =
+            nix::sys::stat::fstat(file.as_raw_fd()).ctx(|| format!("fstat of fd {fd} of {pid}"))?;
         let info = procfs::read_fdinfo(pid, fd)?;
         let f = OpenFd {
             pid,
@@ -163,7 +165,10 @@ pub fn dump_fds(pid: i32, table: &mut FileTable, opts: &FdOptions) -> Result<Vec
 fn unsupported_kind(f: &OpenFd) -> String {
     let fmt = f.stat.st_mode & libc::S_IFMT;
     if f.link.starts_with("anon_inode:") {
-        return format!("{} is an unsupported kind of file", f.link.trim_start_matches("anon_inode:"));
+        return format!(
+            "{} is an unsupported kind of file",
+            f.link.trim_start_matches("anon_inode:")
+        );
     }
     match fmt {
         libc::S_IFSOCK => "a socket".into(),
@@ -204,17 +209,27 @@ pub fn prepare(
         }
         let e = files.get(&fi.id).ok_or_else(|| Error::BadImage {
             file: fdinfo_name.to_string(),
-            what: format!("fd {} refers to file id {}, which files.img lacks", fi.fd, fi.id),
+            what: format!(
+                "fd {} refers to file id {}, which files.img lacks",
+                fi.fd, fi.id
+            ),
         })?;
         let kind = KINDS
             .iter()
             .find(|k| k.restores(e.r#type))
             .ok_or_else(|| Error::BadImage {
                 file: "files.img".into(),
-                what: format!("file id {} has type {}, which crust does not restore", e.id, e.r#type),
+                what: format!(
+                    "file id {} has type {}, which crust does not restore",
+                    e.id, e.r#type
+                ),
             })?;
         let file = kind.open(e, opts)?;
-        fds.push((fi.fd as RawFd, file, fi.flags & libc::FD_CLOEXEC as u32 != 0));
+        fds.push((
+            fi.fd as RawFd,
+            file,
+            fi.flags & libc::FD_CLOEXEC as u32 != 0,
+        ));
     }
     Ok(PreparedFds { fds })
 }

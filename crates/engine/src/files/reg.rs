@@ -20,7 +20,8 @@ const TTY_MAJORS: [u64; 2] = [4, 5];
 /// Whether a char device is a terminal.
 pub fn is_tty(st: &nix::sys::stat::FileStat) -> bool {
     let major = nix::sys::stat::major(st.st_rdev);
-    (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && (major == PTS_MAJOR || TTY_MAJORS.contains(&major) || (136..=143).contains(&major))
+    (st.st_mode & libc::S_IFMT) == libc::S_IFCHR
+        && (major == PTS_MAJOR || TTY_MAJORS.contains(&major) || (136..=143).contains(&major))
 }
 
 fn fown() -> pb::FownEntry {
@@ -29,7 +30,13 @@ fn fown() -> pb::FownEntry {
 
 /// A file entry for a path crust found in /proc (a mapped file, the exe,
 /// cwd or root): its size and mode are recorded to detect changes.
-pub fn entry_for_path(pid: i32, path: &str, id: u32, flags: u32, pos: u64) -> Result<pb::FileEntry> {
+pub fn entry_for_path(
+    pid: i32,
+    path: &str,
+    id: u32,
+    flags: u32,
+    pos: u64,
+) -> Result<pb::FileEntry> {
     if !path.starts_with('/') {
         return Err(Error::Unsupported {
             pid,
@@ -83,7 +90,8 @@ impl FileKind for RegularFile {
     }
 
     fn dump(&self, f: &OpenFd, id: u32, _: &FdOptions) -> Result<pb::FileEntry> {
-        let md = std::fs::metadata(&f.link).ctx(|| format!("stat of {} (fd {} of {})", f.link, f.fd, f.pid))?;
+        let md = std::fs::metadata(&f.link)
+            .ctx(|| format!("stat of {} (fd {} of {})", f.link, f.fd, f.pid))?;
         if md.ino() != f.stat.st_ino || md.dev() != f.stat.st_dev {
             return Err(Error::Unsupported {
                 pid: f.pid,
@@ -103,7 +111,10 @@ impl FileKind for RegularFile {
             file: "files.img".into(),
             what: format!("REG file id {} has no reg entry", e.id),
         })?;
-        if opts.shell_job && r.mode.is_some_and(|m| (m & libc::S_IFMT) == libc::S_IFCHR) && is_tty_path(&r.name) {
+        if opts.shell_job
+            && r.mode.is_some_and(|m| (m & libc::S_IFMT) == libc::S_IFCHR)
+            && is_tty_path(&r.name)
+        {
             return ShellTerminal.open(e, opts);
         }
         check_unchanged(r)?;
@@ -133,7 +144,10 @@ pub fn check_unchanged(r: &pb::RegFileEntry) -> Result<()> {
     }
     if let Some(size) = r.size {
         if md.file_type().is_file() && md.len() != size {
-            return Err(changed(format!("its size changed ({} bytes, was {size})", md.len())));
+            return Err(changed(format!(
+                "its size changed ({} bytes, was {size})",
+                md.len()
+            )));
         }
     }
     Ok(())
@@ -201,7 +215,10 @@ impl FileKind for ShellTerminal {
             })
             .ok_or_else(|| Error::Restore {
                 pid: 0,
-                what: format!("--shell-job: the task had the terminal {} but crust's stdio has no terminal", r.name),
+                what: format!(
+                    "--shell-job: the task had the terminal {} but crust's stdio has no terminal",
+                    r.name
+                ),
             })?;
         let mut re = r.clone();
         re.name = own.to_string_lossy().into_owned();
