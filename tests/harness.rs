@@ -234,6 +234,10 @@ pub struct Workload {
     /// True once this pid was reaped by us (never signal it again then: the
     /// number may belong to someone else's process).
     reaped: bool,
+    /// The process we spawned, when it is not the workload itself (e.g.
+    /// `script` running the workload under a pty): the workload is its
+    /// descendant, reaped by its own parent.
+    launcher: Option<std::process::Child>,
     /// Declared last: dropped (and removed unless failing) after the process
     /// was killed.
     pub scratch: Scratch,
@@ -248,6 +252,35 @@ impl Workload {
 
     /// Start in a given scratch dir (for workloads whose args point into it).
     pub fn start_in(scratch: Scratch, name: &str, args: &[&str]) -> Workload {
+        let bin = workload_bin(name);
+        let args_dbg = format!("{args:?}");
+        Workload::spawn(scratch, name, &args_dbg, true, |pidfile, outfile| {
+            let mut c = Command::new(&bin);
+            c.arg(pidfile).arg(outfile).args(args);
+            c
+        })
+    }
+
+    /// Start a workload with a command of the caller's making: `make` gets
+    /// PIDFILE and OUTFILE and returns the command (program, args, env,
+    /// pre_exec...); stdin is /dev/null and stdout+stderr go to the log.
+    /// The command may be a launcher (like `script`) of the process that
+    /// writes PIDFILE: the pid tracked is the one in PIDFILE.
+    pub fn start_with(
+        scratch: Scratch,
+        name: &str,
+        make: impl FnOnce(&Path, &Path) -> Command,
+    ) -> Workload {
+        Workload::spawn(scratch, name, "(custom command)", false, make)
+    }
+
+    fn spawn(
+        scratch: Scratch,
+        name: &str,
+        args_dbg: &str,
+        direct: bool,
+        make: impl FnOnce(&Path, &Path) -> Command,
+    ) -> Workload {
         become_subreaper();
         let name = name.strip_prefix("wl-").unwrap_or(name).to_string();
         let pidfile = scratch.join(&format!("{name}.pid"));
@@ -258,24 +291,22 @@ impl Workload {
             .append(true)
             .open(&log)
             .expect("open workload log");
-        let child = Command::new(workload_bin(&name))
-            .arg(&pidfile)
-            .arg(&outfile)
-            .args(args)
+        let mut cmd = make(&pidfile, &outfile);
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn wl-{name}: {e}"));
-        let pid = child.id() as i32;
-        drop(child); // we reap with waitpid ourselves
+        let spawned = child.id() as i32;
         let mut w = Workload {
             name,
-            pid,
+            pid: spawned,
             pidfile,
             outfile,
             log,
             reaped: false,
+            launcher: None,
             scratch,
         };
         let t0 = Instant::now();
@@ -285,29 +316,67 @@ impl Workload {
                     .trim()
                     .parse()
                     .unwrap_or_else(|_| panic!("bad pidfile {s:?}"));
-                assert_eq!(got, pid, "wl-{} wrote pid {got}, spawned as {pid}", w.name);
+                if direct {
+                    assert_eq!(
+                        got, spawned,
+                        "wl-{} wrote pid {got}, spawned as {spawned}",
+                        w.name
+                    );
+                }
+                w.pid = got;
                 break;
             }
-            if let Ok(Some(status)) = try_reap(pid) {
+            if let Ok(Some(status)) = child.try_wait() {
                 w.reaped = true;
                 panic!(
-                    "wl-{} {args:?} died before ready ({}); log:\n{}",
+                    "wl-{} {args_dbg} died before ready ({}); log:\n{}",
                     w.name,
-                    describe_status(status),
+                    describe_status(status.into_raw()),
                     w.log_text()
                 );
             }
             if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                w.reaped = true;
                 panic!("wl-{} not ready after 10 s; log:\n{}", w.name, w.log_text());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        if w.pid == spawned {
+            drop(child); // we reap with waitpid ourselves
+        } else {
+            w.launcher = Some(child);
+        }
         eprintln!(
-            "started wl-{} {args:?}: pid {pid}, dir {}",
+            "started wl-{} {args_dbg}: pid {}{}, dir {}",
             w.name,
+            w.pid,
+            if w.pid == spawned {
+                String::new()
+            } else {
+                format!(" (launched by pid {spawned})")
+            },
             w.scratch.path().display()
         );
         w
+    }
+
+    /// Is the workload a descendant of a launcher rather than our child?
+    pub fn launched(&self) -> bool {
+        self.launcher.is_some()
+    }
+
+    /// SIGKILL the workload and reap it (or wait until its pid is free).
+    pub fn kill_and_reap(&mut self) {
+        assert!(
+            !self.reaped,
+            "kill_and_reap: pid {} was reaped already",
+            self.pid
+        );
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        wait_pid_free(self.pid, Duration::from_secs(10));
+        self.reaped = true;
     }
 
     /// The workload's stdout+stderr so far.
@@ -329,6 +398,13 @@ impl Workload {
     /// wait until the pid is free.
     pub fn reap_original(&mut self) {
         assert!(!self.reaped, "reap_original: already reaped");
+        if self.launcher.is_some() {
+            // Not our child: its parent (or we, as subreaper) reaps it.
+            wait_pid_free(self.pid, Duration::from_secs(10));
+            eprintln!("original pid {} is gone", self.pid);
+            self.reaped = true;
+            return;
+        }
         let t0 = Instant::now();
         loop {
             match try_reap(self.pid) {
@@ -384,6 +460,18 @@ impl Workload {
             self.pid,
             std::io::Error::last_os_error()
         );
+        self.check_outcome();
+    }
+
+    /// Wait up to 15 s for OUTFILE (the workload was told to finish some
+    /// way: SIGTERM, a STOP file...), reap the process and assert it wrote
+    /// PASS and exited 0.
+    pub fn check_outcome(&mut self) {
+        assert!(
+            !self.reaped,
+            "check_outcome: pid {} was reaped already",
+            self.pid
+        );
         let t0 = Instant::now();
         let mut status = None;
         let out = loop {
@@ -420,7 +508,7 @@ impl Workload {
             }
             if t0.elapsed() > Duration::from_secs(15) {
                 panic!(
-                    "wl-{} (pid {}) wrote no outfile 15 s after SIGTERM: state {:?}; log:\n{}",
+                    "wl-{} (pid {}) wrote no outfile within 15 s: state {:?}; log:\n{}",
                     self.name,
                     self.pid,
                     pid_state(self.pid),
@@ -492,6 +580,18 @@ impl Drop for Workload {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
+        }
+        if let Some(mut l) = self.launcher.take() {
+            // It ends once the workload is gone; give it a moment.
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = l.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = l.kill();
+            let _ = l.wait();
         }
         if std::thread::panicking() {
             eprintln!("--- wl-{} log ---\n{}", self.name, self.log_text());
@@ -570,9 +670,29 @@ pub fn crust(args: &[&str]) -> CrustRun {
     run
 }
 
+/// Like [`crust`], with the command adjusted by `tweak` before it is
+/// spawned (e.g. a `pre_exec` that drops privileges).
+pub fn crust_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> CrustRun {
+    let o = crust_output_with(args, tweak);
+    let run = CrustRun {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        status: o.status,
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    };
+    eprintln!("{}", run.describe());
+    run
+}
+
 /// Like [`crust`], returning the raw `Output`.
 pub fn crust_output(args: &[&str]) -> Output {
-    let mut child = Command::new(crust_bin())
+    crust_output_with(args, |_| {})
+}
+
+fn crust_output_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(crust_bin());
+    tweak(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -3,7 +3,9 @@
 //! Every workload is invoked as `wl-NAME PIDFILE OUTFILE [args...]`. It
 //!
 //! 1. calls [`init`]: `setsid()` (so it is its own session and group leader
-//!    and needs no `--shell-job`), closes every inherited fd above 2,
+//!    and needs no `--shell-job`; [`init_shell_job`] instead stays in the
+//!    launcher's session, as a job of its own group), closes every inherited
+//!    fd above 2,
 //!    installs the SIGTERM handler (a plain `sigaction`, which also tests that
 //!    sigactions survive a dump and restore);
 //! 2. builds its state and records everything it will check;
@@ -184,6 +186,8 @@ pub struct Protocol {
     pub pidfile: String,
     pub outfile: String,
     pid: i32,
+    /// Stayed in the launcher's session ([`init_shell_job`]).
+    shell_job: bool,
     pidfile_c: CString,
     pidfile_tmp_c: CString,
     pid_text: Vec<u8>,
@@ -192,6 +196,18 @@ pub struct Protocol {
 /// Start the protocol: parse `PIDFILE OUTFILE [args...]`, setsid, close
 /// inherited fds above 2, install the SIGTERM handler.
 pub fn init() -> Protocol {
+    init_opts(false)
+}
+
+/// Like [`init`], but stay in the launcher's session (a shell's, with its
+/// terminal) and only become a process group leader, like a shell job: such
+/// a task needs `--shell-job`. [`Protocol::finish`] then checks that it is
+/// still its group's leader and not a session leader.
+pub fn init_shell_job() -> Protocol {
+    init_opts(true)
+}
+
+fn init_opts(shell_job: bool) -> Protocol {
     let mut argv: Vec<String> = std::env::args().collect();
     if argv.len() < 3 {
         eprintln!(
@@ -204,7 +220,14 @@ pub fn init() -> Protocol {
     let outfile = argv.pop().unwrap();
     let pidfile = argv.pop().unwrap();
     unsafe {
-        if libc::setsid() < 0 {
+        if shell_job {
+            if libc::setpgid(0, 0) < 0 {
+                die(&format!("setpgid: {}", std::io::Error::last_os_error()));
+            }
+            if libc::getsid(0) == raw_getpid() {
+                die("a session leader: start it from a shell (e.g. under `script -c`)");
+            }
+        } else if libc::setsid() < 0 {
             die(&format!("setsid: {}", std::io::Error::last_os_error()));
         }
         // Whatever the launcher leaked (a test runner's pipes, say) is not
@@ -227,6 +250,7 @@ pub fn init() -> Protocol {
         pidfile,
         outfile,
         pid,
+        shell_job,
     }
 }
 
@@ -286,7 +310,14 @@ impl Protocol {
             Err(e) => c.fail(format!("read pidfile {}: {e}", self.pidfile)),
         }
         unsafe {
-            c.eq("getsid(0)", now, libc::getsid(0));
+            if self.shell_job {
+                let sid = libc::getsid(0);
+                c.check(sid != now, || {
+                    format!("getsid(0) is {sid}: the shell job became a session leader")
+                });
+            } else {
+                c.eq("getsid(0)", now, libc::getsid(0));
+            }
             c.eq("getpgid(0)", now, libc::getpgid(0));
             let mut old: libc::sigaction = std::mem::zeroed();
             libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut old);

@@ -29,7 +29,7 @@ pub enum Error {
     #[error("pid {0} is crust itself or one of its ancestors; crust cannot dump it")]
     OwnAncestor(i32),
     /// The task holds state crust does not support yet; it was left running.
-    #[error("pid {pid}: {what} is not supported yet; the task was left running unchanged")]
+    #[error("pid {pid}: cannot dump {what}; the task was left running unchanged")]
     Unsupported {
         /// The task.
         pid: i32,
@@ -54,16 +54,19 @@ pub enum Error {
     #[error("cannot restore {0}")]
     Rlimit(String),
     /// A system call or kernel interface failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {err}")]
     Sys {
         /// What crust was doing.
         what: String,
         /// The kernel's answer.
-        source: io::Error,
+        err: io::Error,
     },
     /// The kernel lacks a feature crust needs.
     #[error("this kernel lacks {0}")]
     Kernel(String),
+    /// --shell-job cannot give the task a terminal.
+    #[error("--shell-job: {0}")]
+    ShellJob(String),
     /// A restored task failed before it was handed over.
     #[error("restored task {pid}: {what}")]
     Restore {
@@ -85,10 +88,7 @@ pub trait Context<T> {
 
 impl<T> Context<T> for io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Sys {
-            what: what(),
-            source,
-        })
+        self.map_err(|err| Error::Sys { what: what(), err })
     }
 }
 
@@ -96,7 +96,7 @@ impl<T> Context<T> for nix::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::Sys {
             what: what(),
-            source: io::Error::from_raw_os_error(e as i32),
+            err: io::Error::from_raw_os_error(e as i32),
         })
     }
 }

@@ -21,7 +21,7 @@ pub fn dump(pid: i32, status: &Status, files: &mut FileTable) -> Result<pb::FsEn
         if p.ends_with(" (deleted)") {
             return Err(Error::Unsupported {
                 pid,
-                what: format!("a deleted {what} {p}"),
+                what: format!("a deleted {what} {p} (not supported yet)"),
             });
         }
     }

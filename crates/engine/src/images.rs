@@ -1,6 +1,7 @@
 //! The image directory: writing image files durably, reading them with
 //! errors that name the file.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,11 @@ use crust_image::{ImageError, ImageKind, ImageWriter};
 
 use crate::error::Result;
 
-/// A folder of image files.
+/// A folder of image files, remembering which files it wrote so that a
+/// failed dump can take them away again.
 pub struct ImageDir {
     path: PathBuf,
+    written: RefCell<Vec<PathBuf>>,
 }
 
 impl ImageDir {
@@ -19,12 +22,28 @@ impl ImageDir {
     pub fn new(path: &Path) -> Self {
         ImageDir {
             path: path.to_path_buf(),
+            written: RefCell::new(Vec::new()),
         }
     }
 
     /// Path of the image file `name`.
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+
+    /// Path of the image file `name`, which the caller is about to create:
+    /// [`ImageDir::discard`] removes it.
+    pub fn create(&self, name: &str) -> PathBuf {
+        let p = self.file(name);
+        self.written.borrow_mut().push(p.clone());
+        p
+    }
+
+    /// Remove every file this dump created (after a failure).
+    pub fn discard(&self) {
+        for p in self.written.borrow_mut().drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// Write image `name` of `kind` with `entries`, and fsync it.
@@ -34,7 +53,7 @@ impl ImageDir {
         kind: ImageKind,
         entries: &[M],
     ) -> Result<()> {
-        let path = self.file(name);
+        let path = self.create(name);
         let io = |e| ImageError::io(path.display().to_string(), e);
         let f = File::create(&path).map_err(io)?;
         let mut w = ImageWriter::new(BufWriter::new(f), kind).map_err(io)?;

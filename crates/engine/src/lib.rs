@@ -85,20 +85,48 @@ fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-/// Checkpoint the task `opts.pid` into `opts.images_dir`.
+/// Checkpoint the task `opts.pid` into `opts.images_dir`. On failure the
+/// task runs on unchanged and the files this dump wrote are removed.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     check_privileges()?;
     let pid = opts.pid;
     tree::check_target(pid)?;
     tree::check_single(pid)?;
-    std::fs::create_dir_all(&opts.images_dir)
-        .ctx(|| format!("creating {}", opts.images_dir.display()))?;
+    prepare_images_dir(&opts.images_dir)?;
     let dir = ImageDir::new(&opts.images_dir);
-    // Never leave an old inventory next to a new, partial dump.
-    let _ = std::fs::remove_file(dir.file(names::INVENTORY));
+    let res = dump_into(opts, &dir);
+    if res.is_err() {
+        dir.discard();
+    }
+    res
+}
+
+/// Create the images dir if needed, check it is a writable directory, and
+/// remove an old inventory so that a new, partial dump never looks whole.
+fn prepare_images_dir(path: &std::path::Path) -> Result<()> {
+    let shown = path.display();
+    if path.exists() && !path.is_dir() {
+        return Err(Error::Sys {
+            what: format!("using {shown} as the images dir"),
+            err: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        });
+    }
+    std::fs::create_dir_all(path).ctx(|| format!("creating the images dir {shown}"))?;
+    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK)
+        .ctx(|| format!("writing into the images dir {shown}"))?;
+    let inventory = path.join(names::INVENTORY);
+    if inventory.exists() {
+        std::fs::remove_file(&inventory)
+            .ctx(|| format!("removing the old {}", inventory.display()))?;
+    }
+    Ok(())
+}
+
+fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats> {
+    let pid = opts.pid;
     let pages_id = 1u32;
     let pages_name = names::pages(pages_id);
-    let pages_path = dir.file(&pages_name);
+    let pages_path = dir.create(&pages_name);
     // Allocate the page image before the freeze, so the frozen window only
     // copies.
     let estimate = mm::estimate_page_bytes(pid)?;
@@ -106,6 +134,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let mut pages = PageFile::create(&pages_path, estimate + slack)
         .ctx(|| format!("allocating {}", pages_path.display()))?;
 
+    let bufs = mm::PageBuffers::new();
     let t0 = Instant::now();
     let frozen = Frozen::seize(pid)?;
     let freezing_us = us(t0);
@@ -118,7 +147,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         return Err(Error::Unsupported {
             pid,
             what: format!(
-                "a session (sid {}) whose leader is outside the dumped tree; dump with --shell-job (-j)",
+                "a task whose session leader (sid {}) is outside the dumped tree without --shell-job (-j)",
                 stat.session
             ),
         });
@@ -166,7 +195,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         pages = PageFile::create(&pages_path, need)
             .ctx(|| format!("allocating {}", pages_path.display()))?;
     }
-    mm_dump.read_pages(pid, &pages, &pages_path)?;
+    mm_dump.read_pages(pid, &pages, &pages_path, bufs)?;
     pages
         .finish(need)
         .ctx(|| format!("writing {}", pages_path.display()))?;
@@ -182,7 +211,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     dir.write(&names::ids(upid), ImageKind::Ids, &[ids])?;
     dir.write(&names::mm(upid), ImageKind::Mm, &[mm_dump.entry.clone()])?;
     {
-        let path = dir.file(&names::pagemap(upid as u64));
+        let path = dir.create(&names::pagemap(upid as u64));
         let io = |e| crust_image::ImageError::io(path.display().to_string(), e);
         let f = std::fs::File::create(&path).map_err(io)?;
         let mut w = crust_image::ImageWriter::new(std::io::BufWriter::new(f), ImageKind::Pagemap)
@@ -339,7 +368,7 @@ fn load(dir: &ImageDir) -> Result<Plan> {
     let pagemap_name = names::pagemap(pid as u64);
     let (head, pagemap) = crust_image::read_pagemap(&dir.file(&pagemap_name))?;
     let pages_name = names::pages(head.pages_id);
-    let pages_path = dir.file(&pages_name);
+    let pages_path = dir.create(&pages_name);
     let pages = PageFile::open(&pages_path)
         .map_err(|e| crust_image::ImageError::io(pages_path.display().to_string(), e))?;
     mm::check_pagemap(&mm, &pagemap, pages.len(), &pagemap_name, &pages_name)?;
@@ -499,30 +528,87 @@ pub fn wait_for(pid: i32) -> Result<i32> {
     }
 }
 
-/// What `crust check` verified.
+/// Check that this kernel and these privileges have what crust needs;
+/// returns what was verified, or the first missing piece.
 pub fn check() -> Result<Vec<String>> {
     check_privileges()?;
-    let mut ok = Vec::new();
+    let mut ok = vec!["root with CAP_SYS_ADMIN and CAP_SYS_PTRACE".to_string()];
     let me = std::process::id() as i32;
     let maps = procfs::read_maps(me)?;
     for (name, path) in [
-        ("[vdso]", procfs::VmaPath::Vdso),
         ("[vvar]", procfs::VmaPath::Vvar),
+        ("[vdso]", procfs::VmaPath::Vdso),
     ] {
         if !maps.iter().any(|v| v.path == path) {
             return Err(Error::Kernel(format!("a {name} mapping")));
         }
     }
-    ok.push("vdso layout: [vvar], [vdso] present".into());
-    crust_sys::pidfd::pidfd_open(me).ctx(|| "pidfd_open".into())?;
-    ok.push("pidfd_open".into());
-    procfs::read_pagemap(me, maps[0].start, 1)?;
-    ok.push("/proc/PID/pagemap".into());
+    ok.push("vdso layout: [vvar], [vdso] mapped".into());
+    let pidfd = crust_sys::pidfd::pidfd_open(me).ctx(|| "pidfd_open".into())?;
+    crust_sys::pidfd::pidfd_getfd(&pidfd, pidfd_raw(&pidfd))
+        .map_err(|e| Error::Kernel(format!("pidfd_getfd ({e})")))?;
+    ok.push("pidfd_open, pidfd_getfd".into());
+    crust_sys::probe::pagemap_scan()
+        .map_err(|e| Error::Kernel(format!("the PAGEMAP_SCAN ioctl ({e})")))?;
+    ok.push("PAGEMAP_SCAN".into());
+    crust_sys::probe::userfaultfd().map_err(|e| Error::Kernel(format!("userfaultfd ({e})")))?;
+    ok.push("userfaultfd".into());
     if !std::path::Path::new("/proc/self/map_files").exists() {
         return Err(Error::Kernel(
             "CONFIG_CHECKPOINT_RESTORE (/proc/PID/map_files)".into(),
         ));
     }
     ok.push("CONFIG_CHECKPOINT_RESTORE".into());
+    // A child with a chosen pid, driven with remote syscalls.
+    let pid = free_pid()?;
+    let child = tree::fork_task(pid, |_| Ok(()))
+        .map_err(|e| Error::Kernel(format!("clone3 with set_tid ({e})")))?;
+    ok.push(format!("clone3 with set_tid (made pid {pid}), ptrace"));
+    let regs = ptrace::get_regs(child.pid()).ctx(|| "PTRACE_GETREGS".into())?;
+    let mut r = Remote::new(child.pid(), regs)?;
+    let got = r.call("getpid", libc::SYS_getpid, [0; 6])?;
+    if got != pid as u64 {
+        return Err(Error::Kernel(format!(
+            "remote syscalls (getpid gave {got}, not {pid})"
+        )));
+    }
+    ok.push("remote syscalls at a vdso syscall instruction".into());
+    r.map_scratch(None)?;
+    const PR_SET_MM: u64 = 35;
+    const PR_SET_MM_MAP_SIZE: u64 = 15;
+    r.call(
+        "prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)",
+        libc::SYS_prctl,
+        [PR_SET_MM, PR_SET_MM_MAP_SIZE, r.scratch(), 0, 0, 0],
+    )
+    .map_err(|e| Error::Kernel(format!("PR_SET_MM_MAP ({e})")))?;
+    ok.push("PR_SET_MM_MAP".into());
+    ptrace::get_rseq_config(child.pid())
+        .map_err(|e| Error::Kernel(format!("PTRACE_GET_RSEQ_CONFIGURATION ({e})")))?;
+    ok.push("PTRACE_GET_RSEQ_CONFIGURATION".into());
+    drop(child);
     Ok(ok)
+}
+
+fn pidfd_raw(fd: &std::os::fd::OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+/// A pid number nobody uses, well above the last one handed out.
+fn free_pid() -> Result<i32> {
+    let last: i32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ctx(|| "reading /proc/sys/kernel/ns_last_pid".into())?
+        .trim()
+        .parse()
+        .unwrap_or(300);
+    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ctx(|| "reading /proc/sys/kernel/pid_max".into())?
+        .trim()
+        .parse()
+        .unwrap_or(32768);
+    (0..max)
+        .map(|i| 300 + (last - 300 + 1000 + i).rem_euclid(max - 300))
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .ok_or_else(|| Error::Kernel("a free pid".into()))
 }

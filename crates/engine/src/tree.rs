@@ -31,7 +31,10 @@ pub fn check_target(pid: i32) -> Result<()> {
         // /proc/PID of a thread that is not a group leader.
         return Err(Error::Unsupported {
             pid,
-            what: format!("thread {pid} of process {} (dump the process)", stat.pid),
+            what: format!(
+                "thread {pid} of process {} alone (dump pid {} instead)",
+                stat.pid, stat.pid
+            ),
         });
     }
     let mut p = std::process::id() as i32;
@@ -53,7 +56,9 @@ pub fn check_single(pid: i32) -> Result<()> {
     if let Some(t) = tids.iter().find(|&&t| t != pid) {
         return Err(Error::Unsupported {
             pid,
-            what: format!("a second thread (tid {t}); multi-threaded processes"),
+            what: format!(
+                "a second thread (tid {t}): multi-threaded processes are not supported yet"
+            ),
         });
     }
     for p in procfs::list_pids().ctx(|| "listing /proc".into())? {
@@ -61,7 +66,7 @@ pub fn check_single(pid: i32) -> Result<()> {
             if s.ppid == pid {
                 return Err(Error::Unsupported {
                     pid,
-                    what: format!("a child process (pid {p}); process trees"),
+                    what: format!("a child process (pid {p}): process trees are not supported yet"),
                 });
             }
         }
@@ -98,7 +103,7 @@ impl Frozen {
             )),
             _ => Error::Sys {
                 what: format!("PTRACE_SEIZE of {pid}"),
-                source: e,
+                err: e,
             },
         })?;
         let f = Frozen {
@@ -238,7 +243,7 @@ pub fn fork_task(pid: i32, setup: impl FnOnce(&mut OwnedFd) -> Result<()>) -> Re
         Err(e) => {
             return Err(Error::Sys {
                 what: format!("clone3 with set_tid {pid}"),
-                source: e,
+                err: e,
             })
         }
     };

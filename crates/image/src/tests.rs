@@ -345,6 +345,9 @@ fn reg_file(id: u32, name: &str) -> pb::RegFileEntry {
         checksum: None,
         checksum_config: None,
         checksum_parameter: None,
+        // A crust extension: crit ignores it, so it would not survive the
+        // crit decode + encode round trip this sample goes through.
+        crust_mtime_ns: None,
     }
 }
 

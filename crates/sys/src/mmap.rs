@@ -62,17 +62,6 @@ impl PageFile {
         self.window(offset, len, false, |s| f(s))
     }
 
-    /// Map `[offset, offset + len)` shared and writable, prefaulted, and call
-    /// `f` on it; the mapping is gone when this returns.
-    pub fn write_window<R>(
-        &self,
-        offset: u64,
-        len: usize,
-        f: impl FnOnce(&mut [u8]) -> R,
-    ) -> io::Result<R> {
-        self.window(offset, len, true, f)
-    }
-
     fn window<R>(
         &self,
         offset: u64,
@@ -118,6 +107,18 @@ impl PageFile {
         // SAFETY: unmapping the mapping made above, once.
         unsafe { libc::munmap(ptr, len) };
         Ok(r)
+    }
+
+    /// Read `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Write `data` at `offset`.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset)
     }
 
     /// Cut the file to `len` bytes and fsync it.

@@ -141,7 +141,7 @@ pub fn dump_fds(pid: i32, table: &mut FileTable, opts: &FdOptions) -> Result<Vec
             .find(|k| k.claims(&f, opts))
             .ok_or_else(|| Error::Unsupported {
                 pid,
-                what: format!("{} ({})", f.describe(), unsupported_kind(&f)),
+                what: format!("{}: {}", f.describe(), unsupported_kind(&f)),
             })?;
         let id = table.next_id();
         let entry = kind.dump(&f, id, opts)?;
@@ -164,24 +164,23 @@ pub fn dump_fds(pid: i32, table: &mut FileTable, opts: &FdOptions) -> Result<Vec
 /// A name for a kind of file crust does not handle.
 fn unsupported_kind(f: &OpenFd) -> String {
     let fmt = f.stat.st_mode & libc::S_IFMT;
-    if f.link.starts_with("anon_inode:") {
-        return format!(
-            "{} is an unsupported kind of file",
-            f.link.trim_start_matches("anon_inode:")
-        );
-    }
-    match fmt {
-        libc::S_IFSOCK => "a socket".into(),
-        libc::S_IFIFO if f.link.starts_with("pipe:") => "a pipe".into(),
-        libc::S_IFIFO => "a FIFO".into(),
-        libc::S_IFBLK => "a block device".into(),
-        libc::S_IFCHR if reg::is_tty(&f.stat) => {
-            "a terminal; dump with --shell-job (-j) to re-attach it at restore".into()
+    let kind = if let Some(name) = f.link.strip_prefix("anon_inode:") {
+        name.to_string()
+    } else {
+        match fmt {
+            libc::S_IFSOCK => "a socket".into(),
+            libc::S_IFIFO if f.link.starts_with("pipe:") => "a pipe".into(),
+            libc::S_IFIFO => "a FIFO".into(),
+            libc::S_IFBLK => "a block device".into(),
+            libc::S_IFCHR if reg::is_tty(&f.stat) => {
+                return "a terminal; dump with --shell-job (-j) to re-attach it at restore".into()
+            }
+            libc::S_IFCHR => "a character device".into(),
+            _ if f.link.ends_with(" (deleted)") => "an open file that was deleted".into(),
+            _ => "this kind of file".into(),
         }
-        libc::S_IFCHR => "an unsupported character device".into(),
-        _ if f.link.ends_with(" (deleted)") => "an open file that was deleted".into(),
-        _ => "an unsupported kind of file".into(),
-    }
+    };
+    format!("{kind}, not supported yet")
 }
 
 /// A restored task's fd table: the files opened in crust, each with the fd

@@ -50,6 +50,12 @@ pub fn entry_for_path(
     Ok(file_entry(id, path, flags, pos, &md))
 }
 
+fn mtime_ns(md: &std::fs::Metadata) -> u64 {
+    (md.mtime() as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(md.mtime_nsec() as u64)
+}
+
 fn file_entry(id: u32, path: &str, flags: u32, pos: u64, md: &std::fs::Metadata) -> pb::FileEntry {
     let is_reg = md.file_type().is_file();
     pb::FileEntry {
@@ -63,6 +69,7 @@ fn file_entry(id: u32, path: &str, flags: u32, pos: u64, md: &std::fs::Metadata)
             name: path.to_string(),
             size: is_reg.then_some(md.len()),
             mode: Some(md.mode()),
+            crust_mtime_ns: is_reg.then(|| mtime_ns(md)),
             ..Default::default()
         }),
         ..Default::default()
@@ -150,6 +157,11 @@ pub fn check_unchanged(r: &pb::RegFileEntry) -> Result<()> {
             )));
         }
     }
+    if let Some(mtime) = r.crust_mtime_ns {
+        if md.file_type().is_file() && mtime_ns(&md) != mtime {
+            return Err(changed("it was modified (its mtime differs)".into()));
+        }
+    }
     Ok(())
 }
 
@@ -213,12 +225,11 @@ impl FileKind for ShellTerminal {
                 let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
                 nix::unistd::isatty(fd).ok()?.then_some(link)
             })
-            .ok_or_else(|| Error::Restore {
-                pid: 0,
-                what: format!(
-                    "--shell-job: the task had the terminal {} but crust's stdio has no terminal",
+            .ok_or_else(|| {
+                Error::ShellJob(format!(
+                    "the task had the terminal {} but crust's stdio has no terminal",
                     r.name
-                ),
+                ))
             })?;
         let mut re = r.clone();
         re.name = own.to_string_lossy().into_owned();
