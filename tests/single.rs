@@ -252,8 +252,9 @@ fn unsupported_refused(name: &str, what: &str, fds: [i32; 2]) {
 }
 
 #[test]
-fn dump_pipe_refused() {
-    unsupported_refused("pipe", "pipe", PIPE_FDS);
+fn pipe_with_data() {
+    let mut w = Workload::start("pipe", &[]);
+    dump_restore_check(&mut w);
 }
 
 #[test]

@@ -455,7 +455,7 @@ fn python3_program() {
 }
 
 #[test]
-fn shell_loop_with_children_refused() {
+fn shell_loop_with_children() {
     become_subreaper();
     let scratch = Scratch::new("shloop");
     let file = scratch.join("file");
@@ -492,41 +492,49 @@ fn shell_loop_with_children_refused() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Between two `sleep`s the shell has no child for a moment: a dump that
-    // lands there would succeed (-R keeps it running), so try a few times.
-    let mut refused = None;
-    for n in 0..10 {
-        let dir = scratch.subdir(&format!("img{n}"));
-        let r = crust(&["dump", "-t", &pid.to_string(), "-D", s(&dir), "-R"]);
-        if r.code() == Some(1) {
-            assert!(
-                !dir.join("inventory.img").exists(),
-                "refused dump left an inventory.img"
-            );
-            refused = Some(r);
-            break;
-        }
-        assert!(r.status.success(), "{}", r.describe());
-        eprintln!("dump {n} caught the shell between two sleeps; again");
+    // The shell and its `sleep` child are one tree: dump it whole (the
+    // default kill), then restore it and watch the loop go on.
+    let dir = scratch.subdir("img");
+    crust(&["dump", "-t", &pid.to_string(), "-D", s(&dir)]).ok();
+    assert_images_decode(&dir);
+    let c_dump = count();
+    let _ = sh.child().wait();
+    sh.0.take();
+    let tree: Vec<i32> = tree_pids(&dir);
+    for &p in &tree {
+        wait_pid_free(p, Duration::from_secs(10));
     }
-    refused
-        .expect("crust never refused the shell with its sleep child")
-        .fails()
-        .stderr_names(&["child process"]);
-    assert!(pid_alive(pid), "refused dump killed the shell");
-    assert_eq!(tracer_pid(pid), Some(0));
-    let c0 = count();
+    crust(&["restore", "-D", s(&dir), "-d"]).ok();
     let t0 = Instant::now();
-    while count() <= c0 {
+    while count() <= c_dump + 2 {
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the shell stopped counting after the refused dump (at {c0})"
+            t0.elapsed() < Duration::from_secs(10),
+            "the restored shell does not count on (at {}, dumped at {c_dump})",
+            count()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Kill its whole group (the shell and its sleep).
+    // Kill its whole group (the shell and its sleep) and reap them.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
-    drop(sh);
+    for &p in &tree {
+        wait_pid_free(p, Duration::from_secs(10));
+    }
+    wait_pid_free(pid, Duration::from_secs(10));
+}
+
+/// The pids of a dumped tree, from `crust show pstree.img`.
+fn tree_pids(dir: &Path) -> Vec<i32> {
+    let out = Command::new(crust_bin())
+        .args(["show", s(&dir.join("pstree.img"))])
+        .output()
+        .expect("crust show");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pstree json");
+    v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["pid"].as_i64().expect("pid") as i32)
+        .collect()
 }
 
 // ---------------------------------------------- repeated --leave-running

@@ -160,9 +160,16 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(crust_engine::wait_for(pid)?)
         }
         Command::Show { files } => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
             for f in files {
                 let v = crust_image::show(&f)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                let text = serde_json::to_string_pretty(&v)?;
+                match writeln!(out, "{text}") {
+                    // A reader that stopped early (| head) is not an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+                    r => r?,
+                }
             }
             Ok(0)
         }

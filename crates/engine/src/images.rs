@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use crust_image::{ImageError, ImageKind, ImageWriter};
+use crust_image::{pb, ImageError, ImageKind, ImageWriter};
 
 use crate::error::Result;
 
@@ -62,6 +62,31 @@ impl ImageDir {
         }
         let buf = w.finish().map_err(io)?;
         let f = buf.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// Write a pagemap image: its head naming page image `pages_id`, then
+    /// the entries; fsync it.
+    pub fn write_pagemap(
+        &self,
+        name: &str,
+        pages_id: u32,
+        entries: &[pb::PagemapEntry],
+    ) -> Result<()> {
+        let path = self.create(name);
+        let io = |e| ImageError::io(path.display().to_string(), e);
+        let f = File::create(&path).map_err(io)?;
+        let mut w = ImageWriter::new(BufWriter::new(f), ImageKind::Pagemap).map_err(io)?;
+        w.write_entry(&pb::PagemapHead { pages_id }).map_err(io)?;
+        for e in entries {
+            w.write_entry(e).map_err(io)?;
+        }
+        let f = w
+            .finish()
+            .map_err(io)?
+            .into_inner()
+            .map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)?;
         Ok(())
     }

@@ -70,6 +70,13 @@ impl PageBuffers {
     /// Number of buffers in flight.
     const COUNT: usize = 2;
 
+    /// Allocate buffers lost on an error path again.
+    fn refill(&mut self) {
+        while self.0.len() < Self::COUNT {
+            self.0.push(vec![0xa5u8; WINDOW as usize]);
+        }
+    }
+
     /// Allocate and touch the buffers.
     pub fn new() -> Self {
         PageBuffers(
@@ -356,13 +363,13 @@ impl MmDump {
         pid: i32,
         out: &PageFile,
         path: &Path,
-        bufs: PageBuffers,
+        bufs: &mut PageBuffers,
     ) -> Result<()> {
         use std::sync::mpsc::sync_channel;
         let ranges = split_runs(&self.runs);
         let (full_tx, full_rx) = sync_channel::<(u64, Vec<u8>, usize)>(PageBuffers::COUNT);
         let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(PageBuffers::COUNT);
-        for b in bufs.0 {
+        for b in bufs.0.drain(..) {
             empty_tx.send(b).expect("channel has room");
         }
         std::thread::scope(|s| {
@@ -390,6 +397,9 @@ impl MmDump {
             })();
             drop(full_tx);
             let written = writer.join().expect("page writer thread panicked");
+            // Take the buffers back for the next process.
+            bufs.0.extend(empty_rx.try_iter());
+            bufs.refill();
             read.and(written)
         })
     }

@@ -32,6 +32,21 @@ impl Remote {
         })
     }
 
+    /// Remote syscalls in another thread `tid` of the same process (same
+    /// vdso, same scratch area), whose registers are `regs`.
+    pub fn sibling(&self, tid: i32, regs: Regs) -> Remote {
+        Remote {
+            pid: tid,
+            sc: RemoteSyscaller::new(tid, self.sc.ip(), regs),
+            scratch: self.scratch,
+        }
+    }
+
+    /// Forget the scratch area without unmapping it (a sibling's view).
+    pub fn forget_scratch(&mut self) {
+        self.scratch = None;
+    }
+
     /// The task.
     pub fn pid(&self) -> i32 {
         self.pid

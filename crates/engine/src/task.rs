@@ -412,27 +412,54 @@ pub fn ask(r: &Remote) -> Result<RemoteFacts> {
     })
 }
 
-/// Build the core image entry of a single-threaded task.
-#[allow(clippy::too_many_arguments)]
+/// What only a process's main thread carries into its core image.
+pub struct LeaderParts {
+    /// Every sigaction.
+    pub sigactions: Vec<pb::SaEntry>,
+    /// The process's object ids.
+    pub ids: pb::TaskKobjIdsEntry,
+}
+
+/// Build the core image entry of thread `tid` of process `pid`; `stat` and
+/// `status` are the thread's own (/proc/PID/task/TID/...). The main thread
+/// also carries the process-wide part (`leader`).
 pub fn core_entry(
     pid: i32,
+    tid: i32,
     stat: &Stat,
     status: &Status,
     thread: &ThreadState,
     facts: &RemoteFacts,
-    sigactions: Vec<pb::SaEntry>,
-    ids: pb::TaskKobjIdsEntry,
+    leader: Option<LeaderParts>,
 ) -> Result<pb::CoreEntry> {
-    let limits = procfs::read_limits(pid)?;
-    let personality = procfs::read_personality(pid)?;
-    let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
-        .ctx(|| format!("reading /proc/{pid}/oom_score_adj"))?;
-    let (rla, rla_len) = robust_list(pid).ctx(|| format!("get_robust_list of {pid}"))?;
-    let (policy, prio) = get_sched(pid).ctx(|| format!("scheduling policy of {pid}"))?;
-    let task_state = if stat.state == 'T' {
-        TASK_STOPPED
-    } else {
-        TASK_ALIVE
+    let (rla, rla_len) = robust_list(tid).ctx(|| format!("get_robust_list of {tid}"))?;
+    let (policy, prio) = get_sched(tid).ctx(|| format!("scheduling policy of {tid}"))?;
+    let (tc, ids) = match leader {
+        Some(l) => {
+            let limits = procfs::read_limits(pid)?;
+            let personality = procfs::read_personality(pid)?;
+            let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+                .ctx(|| format!("reading /proc/{pid}/oom_score_adj"))?;
+            let task_state = if stat.state == 'T' {
+                TASK_STOPPED
+            } else {
+                TASK_ALIVE
+            };
+            let tc = pb::TaskCoreEntry {
+                task_state,
+                exit_code: 0,
+                personality,
+                flags: stat.flags,
+                blk_sigset: thread.sigmask,
+                comm: status.name.clone(),
+                rlimits: Some(rlimits_to_pb(&limits)),
+                sigactions: l.sigactions,
+                oom_score_adj: oom.trim().parse().ok(),
+                ..Default::default()
+            };
+            (Some(tc), Some(l.ids))
+        }
+        None => (None, None),
     };
     Ok(pb::CoreEntry {
         mtype: MARCH_X86_64,
@@ -442,19 +469,8 @@ pub fn core_entry(
             fpregs: xstate_to_pb(&thread.xstate)?,
             tls: thread.tls.iter().map(tls_to_pb).collect(),
         }),
-        tc: Some(pb::TaskCoreEntry {
-            task_state,
-            exit_code: 0,
-            personality,
-            flags: stat.flags,
-            blk_sigset: thread.sigmask,
-            comm: status.name.clone(),
-            rlimits: Some(rlimits_to_pb(&limits)),
-            sigactions,
-            oom_score_adj: oom.trim().parse().ok(),
-            ..Default::default()
-        }),
-        ids: Some(ids),
+        tc,
+        ids,
         thread_core: Some(pb::ThreadCoreEntry {
             futex_rla: rla,
             futex_rla_len: rla_len as u32,
@@ -477,6 +493,23 @@ pub fn core_entry(
     })
 }
 
+/// `TASK_DEAD`: a zombie.
+pub const TASK_DEAD: u32 = 2;
+
+/// The core image entry of a zombie: its exit status as wait reports it.
+pub fn zombie_core(stat: &Stat) -> pb::CoreEntry {
+    pb::CoreEntry {
+        mtype: MARCH_X86_64,
+        tc: Some(pb::TaskCoreEntry {
+            task_state: TASK_DEAD,
+            exit_code: stat.exit_code as u32,
+            comm: stat.comm.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Restore.
 
@@ -484,8 +517,8 @@ pub fn core_entry(
 pub struct CoreParts<'a> {
     /// x86 thread info.
     pub ti: &'a pb::ThreadInfoX86,
-    /// Task core.
-    pub tc: &'a pb::TaskCoreEntry,
+    /// Task core (the main thread's core only).
+    pub tc: Option<&'a pb::TaskCoreEntry>,
     /// Thread core.
     pub th: &'a pb::ThreadCoreEntry,
 }
@@ -510,7 +543,7 @@ pub fn parts<'a>(core: &'a pb::CoreEntry, file: &str) -> Result<CoreParts<'a>> {
             .thread_info
             .as_ref()
             .ok_or_else(|| missing("thread_info"))?,
-        tc: core.tc.as_ref().ok_or_else(|| missing("tc"))?,
+        tc: core.tc.as_ref(),
         th: core
             .thread_core
             .as_ref()
@@ -578,12 +611,18 @@ pub fn restore_late(r: &Remote, p: &CoreParts) -> Result<()> {
             )?;
         }
     }
-    r.call(
-        "personality",
-        libc::SYS_personality,
-        [p.tc.personality as u64, 0, 0, 0, 0, 0],
-    )?;
-    let comm = p.th.comm.as_deref().unwrap_or(&p.tc.comm);
+    if let Some(tc) = p.tc {
+        r.call(
+            "personality",
+            libc::SYS_personality,
+            [tc.personality as u64, 0, 0, 0, 0, 0],
+        )?;
+    }
+    let comm =
+        p.th.comm
+            .as_deref()
+            .or(p.tc.map(|t| t.comm.as_str()))
+            .unwrap_or("");
     let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
     name.push(0);
     let a = r.put(0, &name)?;
@@ -695,7 +734,7 @@ pub fn restore_regs(pid: i32, p: &CoreParts, file: &str) -> Result<()> {
     for d in &p.ti.tls {
         ptrace::set_thread_area(pid, d.entry_number, &pb_to_tls(d)).ctx(|| what("TLS entries"))?;
     }
-    let mask = p.th.blk_sigset.unwrap_or(p.tc.blk_sigset);
+    let mask = p.th.blk_sigset.or(p.tc.map(|t| t.blk_sigset)).unwrap_or(0);
     ptrace::set_sigmask(pid, mask).ctx(|| what("signal mask"))?;
     ptrace::set_regs(pid, &regs).ctx(|| what("registers"))?;
     Ok(())
@@ -801,6 +840,19 @@ pub fn apply_sched(th: &pb::ThreadCoreEntry) -> Result<()> {
     }
     if let Some(nice) = th.sched_nice {
         set_nice(0, nice).ctx(|| format!("setpriority({nice})"))?;
+    }
+    Ok(())
+}
+
+/// Set the scheduling policy, priority and nice value of a restored thread
+/// from crust.
+pub fn set_thread_sched(tid: i32, th: &pb::ThreadCoreEntry) -> Result<()> {
+    if let Some(policy) = th.sched_policy {
+        let prio = th.sched_prio.unwrap_or(0) as i32;
+        set_sched(tid, policy as i32, prio).ctx(|| format!("sched_setscheduler of {tid}"))?;
+    }
+    if let Some(nice) = th.sched_nice {
+        set_nice(tid, nice).ctx(|| format!("setpriority of {tid}"))?;
     }
     Ok(())
 }

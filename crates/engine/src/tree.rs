@@ -2,6 +2,7 @@
 //! stable), letting them go (resume, stop or kill), and at restore creating
 //! each process with its dumped pid.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 
@@ -50,28 +51,32 @@ pub fn check_target(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Refuse what a single-process dump cannot hold yet: more threads, children.
-pub fn check_single(pid: i32) -> Result<()> {
-    let tids = procfs::list_tids(pid).ctx(|| format!("listing the threads of {pid}"))?;
-    if let Some(t) = tids.iter().find(|&&t| t != pid) {
-        return Err(Error::Unsupported {
-            pid,
-            what: format!(
-                "a second thread (tid {t}): multi-threaded processes are not supported yet"
-            ),
-        });
-    }
+/// The processes of the tree rooted at `root`, parents before children,
+/// found by the ppid field of /proc/*/stat (CONFIG_PROC_CHILDREN may be
+/// off). Each comes with its stat.
+pub fn collect(root: i32) -> Result<Vec<procfs::Stat>> {
+    let mut all = Vec::new();
     for p in procfs::list_pids().ctx(|| "listing /proc".into())? {
         if let Ok(s) = procfs::read_stat(p) {
-            if s.ppid == pid {
-                return Err(Error::Unsupported {
-                    pid,
-                    what: format!("a child process (pid {p}): process trees are not supported yet"),
-                });
-            }
+            all.push(s);
         }
     }
-    Ok(())
+    let mut out: Vec<procfs::Stat> = Vec::new();
+    let Some(r) = all.iter().find(|s| s.pid == root) else {
+        return Err(Error::NoSuchProcess(root));
+    };
+    out.push(r.clone());
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i].pid;
+        out.extend(
+            all.iter()
+                .filter(|s| s.ppid == parent && s.pid != root)
+                .cloned(),
+        );
+        i += 1;
+    }
+    Ok(out)
 }
 
 /// How a frozen task is let go.
@@ -85,195 +90,458 @@ pub enum Release {
     Kill,
 }
 
-/// A task seized and stopped by crust. Dropping it without
-/// [`Frozen::release`] resumes the task untouched.
-pub struct Frozen {
-    pid: i32,
+/// A frozen tree: every thread of every live process seized and stopped,
+/// found again and again until no new task appears. Dropping it without
+/// [`FrozenTree::release`] resumes every task untouched.
+pub struct FrozenTree {
+    /// Live processes, parents before children, with their threads.
+    pub procs: Vec<(procfs::Stat, Vec<i32>)>,
+    /// Zombies (pid, stat).
+    pub zombies: Vec<procfs::Stat>,
+    seized: Vec<i32>,
     released: bool,
 }
 
-impl Frozen {
-    /// PTRACE_SEIZE and PTRACE_INTERRUPT `pid`, and wait until it stops.
-    /// Signals that arrive meanwhile are delivered, not lost.
-    pub fn seize(pid: i32) -> Result<Frozen> {
-        ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => Error::NoSuchProcess(pid),
-            Some(libc::EPERM) => Error::Privilege(format!(
-                "permission to ptrace pid {pid} (CAP_SYS_PTRACE; is it traced already?)"
-            )),
-            _ => Error::Sys {
-                what: format!("PTRACE_SEIZE of {pid}"),
-                err: e,
-            },
-        })?;
-        let f = Frozen {
-            pid,
+/// How often crust looks for new tasks before it gives up on a tree that
+/// keeps changing.
+const SEIZE_ROUNDS: usize = 64;
+
+impl FrozenTree {
+    /// Seize the whole tree rooted at `root`.
+    pub fn seize(root: i32) -> Result<FrozenTree> {
+        let mut t = FrozenTree {
+            procs: Vec::new(),
+            zombies: Vec::new(),
+            seized: Vec::new(),
             released: false,
         };
-        ptrace::interrupt(pid).ctx(|| format!("PTRACE_INTERRUPT of {pid}"))?;
-        loop {
-            match ptrace::wait(pid).ctx(|| format!("waiting for {pid} to stop"))? {
-                WaitEvent::Stopped { event, .. } if event == PTRACE_EVENT_STOP => break,
-                WaitEvent::Stopped { sig, .. } => {
-                    ptrace::resume(pid, sig).ctx(|| format!("delivering signal {sig} to {pid}"))?
+        for _ in 0..SEIZE_ROUNDS {
+            let stats = collect(root)?;
+            let mut new = false;
+            let mut procs = Vec::new();
+            let mut zombies = Vec::new();
+            for st in stats {
+                if st.state == 'Z' || st.state == 'X' {
+                    zombies.push(st);
+                    continue;
                 }
-                WaitEvent::Exited(_) | WaitEvent::Signaled(_) => {
-                    let mut f = f;
-                    f.released = true;
-                    return Err(Error::NoSuchProcess(pid));
+                let tids = match procfs::list_tids(st.pid) {
+                    Ok(t) => t,
+                    Err(_) => continue, // gone meanwhile: the next round sees
+                };
+                let mut live = Vec::new();
+                for tid in tids {
+                    if t.seized.contains(&tid) {
+                        live.push(tid);
+                        continue;
+                    }
+                    match seize_one(tid) {
+                        Ok(()) => {
+                            t.seized.push(tid);
+                            live.push(tid);
+                            new = true;
+                        }
+                        Err(Error::NoSuchProcess(_)) => new = true,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if !live.is_empty() {
+                    procs.push((st, live));
                 }
             }
+            t.procs = procs;
+            t.zombies = zombies;
+            if !new {
+                if t.procs.first().map(|p| p.0.pid) != Some(root) {
+                    return Err(Error::NoSuchProcess(root));
+                }
+                // The stats were read while tasks still ran: read them again.
+                for p in &mut t.procs {
+                    p.0 = procfs::read_stat(p.0.pid)?;
+                }
+                return Ok(t);
+            }
         }
-        Ok(f)
+        Err(Error::Unsupported {
+            pid: root,
+            what: format!("a tree that kept changing through {SEIZE_ROUNDS} rounds of seizing"),
+        })
     }
 
-    /// The frozen task.
-    pub fn pid(&self) -> i32 {
-        self.pid
+    /// Every seized thread.
+    pub fn tids(&self) -> &[i32] {
+        &self.seized
     }
 
-    /// Let the task go.
+    /// Let every task go.
     pub fn release(mut self, how: Release) -> Result<()> {
         self.released = true;
-        let what = || format!("letting {} go", self.pid);
+        let kill = |pid: i32, sig| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                .ctx(|| format!("signalling {pid}"))
+        };
         match how {
-            Release::Resume => ptrace::detach(self.pid, 0).ctx(what),
-            Release::Stop => ptrace::detach(self.pid, libc::SIGSTOP).ctx(what),
+            Release::Resume => {}
+            Release::Stop => {
+                for (st, _) in &self.procs {
+                    kill(st.pid, nix::sys::signal::SIGSTOP)?;
+                }
+            }
             Release::Kill => {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.pid),
-                    nix::sys::signal::SIGKILL,
-                )
-                .ctx(|| format!("killing {}", self.pid))?;
-                // Reap the tracee's death notification meant for the tracer.
-                let _ = ptrace::wait(self.pid);
-                Ok(())
+                for (st, _) in &self.procs {
+                    kill(st.pid, nix::sys::signal::SIGKILL)?;
+                }
+                // Threads before their leader: a group leader's death is
+                // reported only once its other threads are reaped.
+                for &tid in self.seized.iter().rev() {
+                    let _ = ptrace::wait(tid);
+                }
+                return Ok(());
+            }
+        }
+        for &tid in &self.seized {
+            ptrace::detach(tid, 0).ctx(|| format!("letting {tid} go"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FrozenTree {
+    fn drop(&mut self) {
+        if !self.released {
+            for &tid in &self.seized {
+                let _ = ptrace::detach(tid, 0);
             }
         }
     }
 }
 
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        if !self.released {
-            let _ = ptrace::detach(self.pid, 0);
+/// PTRACE_SEIZE and PTRACE_INTERRUPT one thread, and wait until it stops.
+/// Signals that arrive meanwhile are delivered, not lost.
+fn seize_one(tid: i32) -> Result<()> {
+    ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => Error::NoSuchProcess(tid),
+        Some(libc::EPERM) => Error::Privilege(format!(
+            "permission to ptrace {tid} (CAP_SYS_PTRACE; is it traced already, by another dump?)"
+        )),
+        _ => Error::Sys {
+            what: format!("PTRACE_SEIZE of {tid}"),
+            err: e,
+        },
+    })?;
+    ptrace::interrupt(tid).ctx(|| format!("PTRACE_INTERRUPT of {tid}"))?;
+    loop {
+        match ptrace::wait(tid).ctx(|| format!("waiting for {tid} to stop"))? {
+            WaitEvent::Stopped { event, .. } if event == PTRACE_EVENT_STOP => return Ok(()),
+            WaitEvent::Stopped { sig, .. } => {
+                ptrace::resume(tid, sig).ctx(|| format!("delivering signal {sig} to {tid}"))?
+            }
+            WaitEvent::Exited(_) | WaitEvent::Signaled(_) => return Err(Error::NoSuchProcess(tid)),
         }
     }
 }
 
-/// The pstree entry of a single task (the root of its tree: ppid 0, as
-/// crit expects).
-pub fn pstree_entry(stat: &procfs::Stat) -> pb::PstreeEntry {
-    pb::PstreeEntry {
-        pid: stat.pid as u32,
-        ppid: 0,
-        pgid: stat.pgrp as u32,
-        sid: stat.session as u32,
-        threads: vec![stat.pid as u32],
+/// Seize a restored process that is waiting for crust (it blocks in a read
+/// of its hold pipe): PTRACE_O_EXITKILL, so that it dies if crust dies, and
+/// PTRACE_O_TRACECLONE for the threads crust will create in it.
+pub fn seize_restored(pid: i32) -> Result<()> {
+    ptrace::seize(
+        pid,
+        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE,
+    )
+    .ctx(|| format!("PTRACE_SEIZE of restored {pid}"))?;
+    ptrace::interrupt(pid).ctx(|| format!("PTRACE_INTERRUPT of restored {pid}"))?;
+    loop {
+        match ptrace::wait(pid).ctx(|| format!("waiting for restored {pid}"))? {
+            WaitEvent::Stopped { event, .. } if event == PTRACE_EVENT_STOP => return Ok(()),
+            WaitEvent::Stopped { .. } => {
+                ptrace::resume(pid, 0).ctx(|| format!("resuming {pid}"))?
+            }
+            other => {
+                return Err(Error::Restore {
+                    pid,
+                    what: format!("died while being seized ({other:?})"),
+                })
+            }
+        }
     }
 }
 
-/// A restored process created by crust, stopped and traced (PTRACE_O_EXITKILL:
-/// if crust dies, it dies too). Dropping it without [`Child::handed_over`]
-/// kills it: a restore is all or nothing.
-pub struct Child {
-    pid: i32,
+/// The pstree entry of a task (the root gets ppid 0, as crit expects).
+pub fn pstree_entry(stat: &procfs::Stat, root: bool, threads: &[i32]) -> pb::PstreeEntry {
+    pb::PstreeEntry {
+        pid: stat.pid as u32,
+        ppid: if root { 0 } else { stat.ppid as u32 },
+        pgid: stat.pgrp as u32,
+        sid: stat.session as u32,
+        threads: threads.iter().map(|&t| t as u32).collect(),
+    }
+}
+
+/// One process of a tree to restore, as its parent creates it.
+pub struct ForkPlan {
+    /// The pstree entries, parents before children.
+    pub entries: Vec<pb::PstreeEntry>,
+    /// Exit status (as wait reports it) of each zombie, by pid.
+    pub zombies: HashMap<u32, u32>,
+}
+
+/// A restored tree whose processes wait for crust. Dropping it kills them
+/// all: a restore is all or nothing.
+pub struct RestoredTree {
+    root: i32,
+    pids: Vec<i32>,
+    /// (pid, fd of its report pipe, fd of its hold pipe) of each live process.
+    pub ready: Vec<(i32, i32, i32)>,
+    hold: Option<OwnedFd>,
     live: bool,
 }
 
-impl Child {
-    /// Its pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
+impl RestoredTree {
+    /// The root's pid.
+    pub fn root(&self) -> i32 {
+        self.root
     }
 
-    /// The process now belongs to itself: do not kill it on drop.
+    /// The processes now belong to themselves: do not kill them on drop.
     pub fn handed_over(mut self) {
         self.live = false;
+        self.hold.take();
     }
 }
 
-impl Drop for Child {
+impl Drop for RestoredTree {
     fn drop(&mut self) {
         if self.live {
-            let pid = nix::unistd::Pid::from_raw(self.pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::__WALL));
+            for &p in &self.pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(self.root),
+                Some(nix::sys::wait::WaitPidFlag::__WALL),
+            );
         }
     }
 }
 
-/// Fork the process that becomes `pid`: clone3 with set_tid, then in the
-/// child `setup` (session, fds, cwd, rlimits ...), which may move the
-/// child's error channel it is given; the child then stops under crust's
-/// ptrace. A failing setup's message comes back as the error.
-pub fn fork_task(pid: i32, setup: impl FnOnce(&mut OwnedFd) -> Result<()>) -> Result<Child> {
-    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(Error::PidTaken(pid));
+/// Size of a report record: pid, and either (report fd, hold fd) when
+/// ready, or (-1, message length) followed by the message.
+const RECORD: usize = 12;
+
+/// Fork the whole tree: crust forks the root with clone3 set_tid, and each
+/// restored process forks its own children the same way, after `setup`
+/// (session, fds, cwd, rlimits ...) in itself. Zombies exit at once with
+/// their status. Every live process then reports ready and waits in a read
+/// until crust seizes it.
+pub fn fork_tree(
+    plan: &ForkPlan,
+    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+) -> Result<RestoredTree> {
+    let root = &plan.entries[0];
+    for e in &plan.entries {
+        if std::path::Path::new(&format!("/proc/{}", e.pid)).exists() {
+            return Err(Error::PidTaken(e.pid as i32));
+        }
+        for &t in &e.threads {
+            if std::path::Path::new(&format!("/proc/{t}")).exists() {
+                return Err(Error::PidTaken(t as i32));
+            }
+        }
     }
-    let (mut rd, wr) = pipe()?;
+    let (mut report_rd, report_wr) = pipe()?;
+    let (hold_rd, hold_wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe2".into())?;
     let parent = std::process::id() as i32;
-    let forked = fork_with_pid(pid, move || {
-        let mut chan = wr;
-        let res = (|| -> Result<()> {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::SIGKILL)
-                .ctx(|| "PR_SET_PDEATHSIG".into())?;
-            if nix::unistd::getppid().as_raw() != parent {
-                exit_now(1);
-            }
-            setup(&mut chan)?;
-            ptrace::traceme().ctx(|| "PTRACE_TRACEME".into())
-        })();
-        match res {
-            Ok(()) => {
-                drop(chan);
-                let _ = kill_self(libc::SIGSTOP);
-                // Not reached: crust turns this process into the dumped one.
-                1
-            }
-            Err(e) => {
-                let _ = std::fs::File::from(chan).write_all(e.to_string().as_bytes());
-                2
-            }
-        }
-    });
-    let child_pid = match forked {
-        Ok(p) => p,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::PidTaken(pid)),
-        Err(e) => {
-            return Err(Error::Sys {
-                what: format!("clone3 with set_tid {pid}"),
-                err: e,
-            })
-        }
-    };
-    let child = Child {
-        pid: child_pid,
+    let mut tree = RestoredTree {
+        root: root.pid as i32,
+        pids: plan.entries.iter().map(|e| e.pid as i32).collect(),
+        ready: Vec::new(),
+        hold: Some(hold_wr),
         live: true,
     };
-    match ptrace::wait(child_pid).ctx(|| format!("waiting for restored {pid}"))? {
-        WaitEvent::Stopped { sig, .. } if sig == libc::SIGSTOP => {}
-        other => {
-            let mut msg = String::new();
-            let _ = rd.read_to_string(&mut msg);
-            let mut child = child;
-            child.live = false;
-            return Err(Error::Restore {
-                pid,
-                what: if msg.is_empty() {
-                    format!("the new process failed to set itself up ({other:?})")
-                } else {
-                    msg
-                },
+    let chans = (report_wr, hold_rd);
+    let forked = fork_with_pid(root.pid as i32, || {
+        become_process(plan, root, setup, chans, parent)
+    });
+    match forked {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            tree.live = false;
+            return Err(Error::PidTaken(root.pid as i32));
+        }
+        Err(e) => {
+            tree.live = false;
+            return Err(Error::Sys {
+                what: format!("clone3 with set_tid {}", root.pid),
+                err: e,
             });
         }
     }
-    ptrace::set_options(
-        child_pid,
-        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL,
-    )
-    .ctx(|| format!("PTRACE_SETOPTIONS of {pid}"))?;
-    Ok(child)
+    let live = plan
+        .entries
+        .iter()
+        .filter(|e| !plan.zombies.contains_key(&e.pid))
+        .count();
+    // Our copies of the channel ends are gone with the closure's move; only
+    // the children hold the report pipe's write end now.
+    while tree.ready.len() < live {
+        let mut rec = [0u8; RECORD];
+        match read_full(&mut report_rd, &mut rec) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Restore {
+                    pid: root.pid as i32,
+                    what: "the restored tree died while it was being created".into(),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+        let w = |i: usize| i32::from_ne_bytes(rec[i * 4..i * 4 + 4].try_into().unwrap());
+        let (pid, a, b) = (w(0), w(1), w(2));
+        if a == -1 {
+            let mut msg = vec![0u8; b.clamp(0, 4000) as usize];
+            let _ = read_full(&mut report_rd, &mut msg);
+            return Err(Error::Restore {
+                pid,
+                what: String::from_utf8_lossy(&msg).into_owned(),
+            });
+        }
+        tree.ready.push((pid, a, b));
+    }
+    Ok(tree)
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read(&mut buf[done..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Sys {
+                    what: "reading reports of the restored tree".into(),
+                    err: e,
+                })
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Runs in a forked copy of crust that becomes the process `me`.
+fn become_process(
+    plan: &ForkPlan,
+    me: &pb::PstreeEntry,
+    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    chans: (OwnedFd, OwnedFd),
+    parent: i32,
+) -> i32 {
+    let (mut report, mut hold) = chans;
+    let pid = me.pid as i32;
+    let res = (|| -> Result<()> {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::SIGKILL)
+            .ctx(|| "PR_SET_PDEATHSIG".into())?;
+        if nix::unistd::getppid().as_raw() != parent {
+            exit_now(1);
+        }
+        if me.sid == me.pid {
+            nix::unistd::setsid().ctx(|| "setsid".into())?;
+        } else if me.pgid == me.pid {
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+                .ctx(|| "setpgid".into())?;
+        }
+        for child in plan
+            .entries
+            .iter()
+            .filter(|e| e.ppid == me.pid && e.pid != me.pid)
+        {
+            let cpid = child.pid as i32;
+            let forked = match plan.zombies.get(&child.pid) {
+                Some(&status) => fork_with_pid(cpid, || become_zombie(child, status)),
+                None => {
+                    let chans = (
+                        report.try_clone().ctx(|| "dup".into())?,
+                        hold.try_clone().ctx(|| "dup".into())?,
+                    );
+                    fork_with_pid(cpid, || become_process(plan, child, setup, chans, pid))
+                }
+            };
+            forked.map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    Error::PidTaken(cpid)
+                } else {
+                    Error::Sys {
+                        what: format!("clone3 with set_tid {cpid}"),
+                        err: e,
+                    }
+                }
+            })?;
+        }
+        // Children first: they need crust's open files, which setup closes
+        // here (all but this process's own).
+        setup(me, &mut [&mut report, &mut hold])?;
+        Ok(())
+    })();
+    use std::os::fd::AsRawFd;
+    let mut rec = Vec::with_capacity(RECORD);
+    rec.extend(pid.to_ne_bytes());
+    match &res {
+        Ok(()) => {
+            rec.extend(report.as_raw_fd().to_ne_bytes());
+            rec.extend(hold.as_raw_fd().to_ne_bytes());
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let msg = &msg.as_bytes()[..msg.len().min(4000)];
+            rec.extend((-1i32).to_ne_bytes());
+            rec.extend((msg.len() as i32).to_ne_bytes());
+            rec.extend(msg);
+        }
+    }
+    let mut f = std::fs::File::from(report);
+    let _ = f.write_all(&rec);
+    if res.is_err() {
+        return 2;
+    }
+    let mut f2 = std::fs::File::from(hold);
+    let mut b = [0u8; 1];
+    // Crust seizes this process while it waits here; EOF means crust died.
+    loop {
+        match f2.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => return 3,
+        }
+    }
+}
+
+/// Runs in a forked copy of crust that becomes a zombie with `status`.
+fn become_zombie(me: &pb::PstreeEntry, status: u32) -> i32 {
+    if me.sid == me.pid {
+        let _ = nix::unistd::setsid();
+    } else if me.pgid == me.pid {
+        let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    } else {
+        let _ = nix::unistd::setpgid(
+            nix::unistd::Pid::from_raw(0),
+            nix::unistd::Pid::from_raw(me.pgid as i32),
+        );
+    }
+    let sig = (status & 0x7f) as i32;
+    if sig != 0 {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+        let _ = crust_sys::clone::set_default_action(sig);
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        );
+        let _ = kill_self(sig);
+    }
+    ((status >> 8) & 0xff) as i32
 }
 
 fn pipe() -> Result<(std::fs::File, OwnedFd)> {

@@ -76,3 +76,15 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and is always safe to call.
     unsafe { libc::_exit(code) }
 }
+
+/// Reset the action of signal `sig` to its default (SIG_DFL).
+pub fn set_default_action(sig: i32) -> io::Result<()> {
+    // SAFETY: sigaction with SIG_DFL installs no handler code.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: sa is a valid sigaction; the old action is not requested.
+    if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod clone;
 pub mod fd;
 pub mod mmap;
 pub mod pidfd;
+pub mod pipe;
 pub mod probe;
 pub mod procfs;
 pub mod ptrace;

@@ -49,6 +49,11 @@ impl RemoteSyscaller {
         }
     }
 
+    /// The `syscall` instruction this syscaller executes at.
+    pub fn ip(&self) -> u64 {
+        self.ip
+    }
+
     /// The thread this syscaller drives.
     pub fn tid(&self) -> pid_t {
         self.tid

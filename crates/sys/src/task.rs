@@ -70,3 +70,26 @@ pub fn set_nice(tid: pid_t, nice: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `KCMP_FILE`.
+const KCMP_FILE: i32 = 0;
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file
+/// description (kcmp KCMP_FILE).
+pub fn kcmp_file(pid1: pid_t, fd1: i32, pid2: pid_t, fd2: i32) -> io::Result<bool> {
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1,
+            pid2,
+            KCMP_FILE,
+            fd1 as libc::c_ulong,
+            fd2 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r == 0)
+}

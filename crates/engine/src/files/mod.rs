@@ -3,6 +3,7 @@
 //! dumps an fd into a `file_entry` and opens it again at restore; this
 //! module holds the table and the registry of kinds.
 
+mod pipe;
 mod reg;
 
 pub use reg::check_unchanged;
@@ -16,6 +17,7 @@ use crust_sys::pidfd;
 use crust_sys::procfs;
 
 use crate::error::{Context, Error, Result};
+use crate::images::ImageDir;
 
 /// `fd_types` numbers from CRIU's fdinfo.proto that crust writes.
 pub mod fd_type {
@@ -54,16 +56,15 @@ impl OpenFd {
 /// A kind of file crust can dump and restore: one implementation per
 /// module, registered in [`KINDS`].
 pub trait FileKind: Sync {
-    /// Name for messages.
-    fn name(&self) -> &'static str;
     /// Whether this kind handles `f`.
-    fn claims(&self, f: &OpenFd, opts: &FdOptions) -> bool;
-    /// Dump `f` as file entry `id`.
-    fn dump(&self, f: &OpenFd, id: u32, opts: &FdOptions) -> Result<pb::FileEntry>;
+    fn claims(&self, f: &OpenFd, ctx: &DumpCtx) -> bool;
+    /// Dump `f` as file entry `id` (its own images, such as pipe data, go
+    /// through `ctx`).
+    fn dump(&self, f: &OpenFd, id: u32, ctx: &mut DumpCtx) -> Result<pb::FileEntry>;
     /// Whether this kind restores entries of `fd_type`.
     fn restores(&self, fd_type: i32) -> bool;
-    /// Open the file of `e` again, in crust, for a restored task.
-    fn open(&self, e: &pb::FileEntry, opts: &FdOptions) -> Result<OwnedFd>;
+    /// Open the file of `e` again, in crust, for the restored tree.
+    fn open(&self, e: &pb::FileEntry, ctx: &mut OpenCtx) -> Result<OwnedFd>;
 }
 
 /// Options that change how fds are dumped and restored.
@@ -74,13 +75,53 @@ pub struct FdOptions {
 }
 
 /// Every kind of file crust handles.
-static KINDS: &[&dyn FileKind] = &[&reg::RegularFile, &reg::ShellTerminal];
+static KINDS: &[&dyn FileKind] = &[&reg::RegularFile, &reg::ShellTerminal, &pipe::Pipe];
 
-/// The files.img being built during a dump: ids and entries.
+/// What the kinds of files share during one dump.
+pub struct DumpCtx<'a> {
+    /// Options.
+    pub opts: FdOptions,
+    /// The images being written.
+    pub dir: &'a ImageDir,
+    /// State of the pipe module.
+    pub pipes: pipe::DumpState,
+}
+
+impl<'a> DumpCtx<'a> {
+    /// A context for a dump into `dir`.
+    pub fn new(opts: FdOptions, dir: &'a ImageDir) -> Self {
+        DumpCtx {
+            opts,
+            dir,
+            pipes: pipe::DumpState::default(),
+        }
+    }
+
+    /// Write the images the kinds of files collected (pipe data ...).
+    pub fn finish(self) -> Result<()> {
+        pipe::finish_dump(self.pipes, self.dir)
+    }
+}
+
+/// What the kinds of files share while the files of a restored tree are
+/// opened.
+pub struct OpenCtx<'a> {
+    /// Options.
+    pub opts: FdOptions,
+    /// The images being restored.
+    pub dir: &'a ImageDir,
+    /// State of the pipe module.
+    pub pipes: pipe::OpenState,
+}
+
+/// The files.img being built during a dump: ids and entries, and one
+/// duplicate of every open file description seen, so that an fd shared
+/// across fork or dup'ed gets the same entry.
 #[derive(Default)]
 pub struct FileTable {
     entries: Vec<pb::FileEntry>,
     by_path: HashMap<(String, u32), u32>,
+    seen: Vec<(u32, OwnedFd, u64, u64)>,
 }
 
 impl FileTable {
@@ -110,11 +151,29 @@ impl FileTable {
     pub fn entries(&self) -> &[pb::FileEntry] {
         &self.entries
     }
+
+    /// The id of an open file description already in the table.
+    fn known(&self, f: &OpenFd) -> Result<Option<u32>> {
+        for (id, fd, dev, ino) in &self.seen {
+            if *dev == f.stat.st_dev
+                && *ino == f.stat.st_ino
+                && kcmp_same_file(fd.as_raw_fd(), f.file.as_raw_fd())
+                    .ctx(|| format!("kcmp of {} of {}", f.describe(), f.pid))?
+            {
+                return Ok(Some(*id));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Dump every fd of a frozen task: fdinfo entries, their files added to
 /// `table`. Anything crust does not support is refused, named.
-pub fn dump_fds(pid: i32, table: &mut FileTable, opts: &FdOptions) -> Result<Vec<pb::FdinfoEntry>> {
+pub fn dump_fds(
+    pid: i32,
+    table: &mut FileTable,
+    ctx: &mut DumpCtx,
+) -> Result<Vec<pb::FdinfoEntry>> {
     let pidfd = pidfd::pidfd_open(pid).ctx(|| format!("pidfd_open({pid})"))?;
     let mut out = Vec::new();
     let fds = procfs::list_fds(pid).ctx(|| format!("listing the fds of {pid}"))?;
@@ -136,29 +195,48 @@ pub fn dump_fds(pid: i32, table: &mut FileTable, opts: &FdOptions) -> Result<Vec
             stat,
             info,
         };
+        let cloexec = if f.info.flags & libc::O_CLOEXEC as u32 != 0 {
+            libc::FD_CLOEXEC as u32
+        } else {
+            0
+        };
+        if let Some(id) = table.known(&f)? {
+            let t = table.entries[id as usize - 1].r#type;
+            out.push(pb::FdinfoEntry {
+                id,
+                flags: cloexec,
+                r#type: t,
+                fd: fd as u32,
+                ..Default::default()
+            });
+            continue;
+        }
         let kind = KINDS
             .iter()
-            .find(|k| k.claims(&f, opts))
+            .find(|k| k.claims(&f, ctx))
             .ok_or_else(|| Error::Unsupported {
                 pid,
                 what: format!("{}: {}", f.describe(), unsupported_kind(&f)),
             })?;
         let id = table.next_id();
-        let entry = kind.dump(&f, id, opts)?;
+        let entry = kind.dump(&f, id, ctx)?;
         out.push(pb::FdinfoEntry {
             id,
-            flags: if f.info.flags & libc::O_CLOEXEC as u32 != 0 {
-                libc::FD_CLOEXEC as u32
-            } else {
-                0
-            },
+            flags: cloexec,
             r#type: entry.r#type,
             fd: fd as u32,
             ..Default::default()
         });
         table.entries.push(entry);
+        table.seen.push((id, f.file, f.stat.st_dev, f.stat.st_ino));
     }
     Ok(out)
+}
+
+/// Whether two of crust's fds are the same open file description.
+fn kcmp_same_file(a: RawFd, b: RawFd) -> std::io::Result<bool> {
+    let me = std::process::id() as i32;
+    crust_sys::task::kcmp_file(me, a, me, b)
 }
 
 /// A name for a kind of file crust does not handle.
@@ -183,36 +261,46 @@ fn unsupported_kind(f: &OpenFd) -> String {
     format!("{kind}, not supported yet")
 }
 
-/// A restored task's fd table: the files opened in crust, each with the fd
-/// number it must get in the task and its close-on-exec flag.
-pub struct PreparedFds {
-    /// (target fd, file, close-on-exec).
-    pub fds: Vec<(RawFd, OwnedFd, bool)>,
+/// The files of a restored tree, opened in crust before any process is
+/// forked (so every process inherits them): one open file description per
+/// file id.
+pub struct OpenFiles {
+    files: HashMap<u32, OwnedFd>,
 }
 
-/// Open every file of a task's fd table in crust.
-pub fn prepare(
+/// Open every file of `files` that some fd table refers to.
+pub fn open_all(
     files: &HashMap<u32, pb::FileEntry>,
-    fdinfos: &[pb::FdinfoEntry],
-    fdinfo_name: &str,
-    opts: &FdOptions,
-) -> Result<PreparedFds> {
-    let mut fds = Vec::with_capacity(fdinfos.len());
-    let mut seen = std::collections::HashSet::new();
-    for fi in fdinfos {
-        if fi.fd > i32::MAX as u32 || !seen.insert(fi.fd) {
-            return Err(Error::BadImage {
-                file: fdinfo_name.to_string(),
-                what: format!("fd {} is invalid or listed twice", fi.fd),
-            });
+    fdinfos: &[(String, Vec<pb::FdinfoEntry>)],
+    ctx: &mut OpenCtx,
+) -> Result<OpenFiles> {
+    let mut ids: Vec<u32> = Vec::new();
+    for (name, table) in fdinfos {
+        let mut seen = std::collections::HashSet::new();
+        for fi in table {
+            if fi.fd > i32::MAX as u32 || !seen.insert(fi.fd) {
+                return Err(Error::BadImage {
+                    file: name.clone(),
+                    what: format!("fd {} is invalid or listed twice", fi.fd),
+                });
+            }
+            if !files.contains_key(&fi.id) {
+                return Err(Error::BadImage {
+                    file: name.clone(),
+                    what: format!(
+                        "fd {} refers to file id {}, which files.img lacks",
+                        fi.fd, fi.id
+                    ),
+                });
+            }
+            ids.push(fi.id);
         }
-        let e = files.get(&fi.id).ok_or_else(|| Error::BadImage {
-            file: fdinfo_name.to_string(),
-            what: format!(
-                "fd {} refers to file id {}, which files.img lacks",
-                fi.fd, fi.id
-            ),
-        })?;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = HashMap::new();
+    for id in ids {
+        let e = &files[&id];
         let kind = KINDS
             .iter()
             .find(|k| k.restores(e.r#type))
@@ -223,35 +311,34 @@ pub fn prepare(
                     e.id, e.r#type
                 ),
             })?;
-        let file = kind.open(e, opts)?;
-        fds.push((
-            fi.fd as RawFd,
-            file,
-            fi.flags & libc::FD_CLOEXEC as u32 != 0,
-        ));
+        out.insert(id, kind.open(e, ctx)?);
     }
-    Ok(PreparedFds { fds })
+    Ok(OpenFiles { files: out })
 }
 
-impl PreparedFds {
-    /// In the forked child: put every file at its fd number, set
+impl OpenFiles {
+    /// In a forked child: put the files of `table` at their fd numbers, set
     /// close-on-exec flags and close everything else except `keep` (the
-    /// child's error channel), which is moved above the task's fds.
-    pub fn install(&self, keep: &mut OwnedFd) -> Result<()> {
+    /// child's channels to crust), which are moved above the task's fds.
+    pub fn install(&self, table: &[pb::FdinfoEntry], keep: &mut [&mut OwnedFd]) -> Result<()> {
         use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-        let high = self
-            .fds
+        let high = table
             .iter()
-            .map(|(t, f, _)| (*t).max(f.as_raw_fd()))
+            .map(|fi| fi.fd as RawFd)
+            .chain(self.files.values().map(|f| f.as_raw_fd()))
+            .chain(keep.iter().map(|k| k.as_raw_fd()))
             .max()
             .unwrap_or(0)
-            .max(keep.as_raw_fd())
             + 1;
-        *keep = dup_above(&*keep, high).ctx(|| "moving the error pipe".into())?;
-        let mut moved = Vec::with_capacity(self.fds.len());
-        for (target, f, cloexec) in &self.fds {
-            let m = dup_above(f, high + 1).ctx(|| format!("moving fd {target}"))?;
-            moved.push((*target, m, *cloexec));
+        for k in keep.iter_mut() {
+            **k = dup_above(&**k, high).ctx(|| "moving a channel to crust".into())?;
+        }
+        let above = keep.iter().map(|k| k.as_raw_fd()).max().unwrap_or(high) + 1;
+        let mut moved = Vec::with_capacity(table.len());
+        for fi in table {
+            let f = &self.files[&fi.id];
+            let m = dup_above(f, above).ctx(|| format!("moving fd {}", fi.fd))?;
+            moved.push((fi.fd as RawFd, m, fi.flags & libc::FD_CLOEXEC as u32 != 0));
         }
         for (target, m, cloexec) in &moved {
             nix::unistd::dup2(m.as_raw_fd(), *target).ctx(|| format!("dup2 to fd {target}"))?;
@@ -262,12 +349,15 @@ impl PreparedFds {
             };
             fcntl(*target, FcntlArg::F_SETFD(flags)).ctx(|| format!("flags of fd {target}"))?;
         }
-        let wanted: std::collections::HashSet<RawFd> = moved.iter().map(|m| m.0).collect();
-        let keep_raw = keep.as_raw_fd();
+        let wanted: std::collections::HashSet<RawFd> = moved
+            .iter()
+            .map(|m| m.0)
+            .chain(keep.iter().map(|k| k.as_raw_fd()))
+            .collect();
         drop(moved);
         let open = procfs::list_fds(std::process::id() as i32).ctx(|| "listing own fds".into())?;
         for fd in open {
-            if fd != keep_raw && !wanted.contains(&fd) {
+            if !wanted.contains(&fd) {
                 let _ = nix::unistd::close(fd);
             }
         }

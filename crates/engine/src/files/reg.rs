@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 
 use crust_image::pb;
 
-use super::{fd_type, FdOptions, FileKind, OpenFd};
+use super::{fd_type, DumpCtx, FileKind, OpenCtx, OpenFd};
 use crate::error::{Context, Error, Result};
 
 /// Memory devices (major 1) crust reopens by path.
@@ -80,11 +80,7 @@ fn file_entry(id: u32, path: &str, flags: u32, pos: u64, md: &std::fs::Metadata)
 pub struct RegularFile;
 
 impl FileKind for RegularFile {
-    fn name(&self) -> &'static str {
-        "regular file"
-    }
-
-    fn claims(&self, f: &OpenFd, _: &FdOptions) -> bool {
+    fn claims(&self, f: &OpenFd, _: &DumpCtx) -> bool {
         let fmt = f.stat.st_mode & libc::S_IFMT;
         if f.link.ends_with(" (deleted)") || !f.link.starts_with('/') {
             return false;
@@ -96,7 +92,7 @@ impl FileKind for RegularFile {
         }
     }
 
-    fn dump(&self, f: &OpenFd, id: u32, _: &FdOptions) -> Result<pb::FileEntry> {
+    fn dump(&self, f: &OpenFd, id: u32, _: &mut DumpCtx) -> Result<pb::FileEntry> {
         let md = std::fs::metadata(&f.link)
             .ctx(|| format!("stat of {} (fd {} of {})", f.link, f.fd, f.pid))?;
         if md.ino() != f.stat.st_ino || md.dev() != f.stat.st_dev {
@@ -113,16 +109,16 @@ impl FileKind for RegularFile {
         t == fd_type::REG
     }
 
-    fn open(&self, e: &pb::FileEntry, opts: &FdOptions) -> Result<OwnedFd> {
+    fn open(&self, e: &pb::FileEntry, ctx: &mut OpenCtx) -> Result<OwnedFd> {
         let r = e.reg.as_ref().ok_or_else(|| Error::BadImage {
             file: "files.img".into(),
             what: format!("REG file id {} has no reg entry", e.id),
         })?;
-        if opts.shell_job
+        if ctx.opts.shell_job
             && r.mode.is_some_and(|m| (m & libc::S_IFMT) == libc::S_IFCHR)
             && is_tty_path(&r.name)
         {
-            return ShellTerminal.open(e, opts);
+            return ShellTerminal.open(e, ctx);
         }
         check_unchanged(r)?;
         open_reg(r)
@@ -188,15 +184,11 @@ fn open_reg(r: &pb::RegFileEntry) -> Result<OwnedFd> {
 pub struct ShellTerminal;
 
 impl FileKind for ShellTerminal {
-    fn name(&self) -> &'static str {
-        "shell terminal"
+    fn claims(&self, f: &OpenFd, ctx: &DumpCtx) -> bool {
+        ctx.opts.shell_job && is_tty(&f.stat) && f.link.starts_with('/')
     }
 
-    fn claims(&self, f: &OpenFd, opts: &FdOptions) -> bool {
-        opts.shell_job && is_tty(&f.stat) && f.link.starts_with('/')
-    }
-
-    fn dump(&self, f: &OpenFd, id: u32, _: &FdOptions) -> Result<pb::FileEntry> {
+    fn dump(&self, f: &OpenFd, id: u32, _: &mut DumpCtx) -> Result<pb::FileEntry> {
         let flags = f.info.flags & !(libc::O_CLOEXEC as u32);
         Ok(pb::FileEntry {
             r#type: fd_type::REG,
@@ -218,7 +210,7 @@ impl FileKind for ShellTerminal {
         false
     }
 
-    fn open(&self, e: &pb::FileEntry, _: &FdOptions) -> Result<OwnedFd> {
+    fn open(&self, e: &pb::FileEntry, _: &mut OpenCtx) -> Result<OwnedFd> {
         let r = e.reg.as_ref().expect("checked by caller");
         let own = (0..3)
             .find_map(|fd| {

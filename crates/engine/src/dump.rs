@@ -1,0 +1,267 @@
+//! Dump orchestration: freeze the tree, collect every process and thread
+//! through the state modules, write the images, let the tree go.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crust_image::{names, pb, ImageKind};
+use crust_sys::mmap::PageFile;
+use crust_sys::procfs;
+use crust_sys::ptrace;
+
+use crate::error::{Context, Error, Result};
+use crate::files::{DumpCtx, FdOptions, FileTable};
+use crate::images::ImageDir;
+use crate::remote::Remote;
+use crate::tree::{FrozenTree, Release};
+use crate::{fs, mm, signal, task, us, DumpOptions, DumpStats, IMG_VERSION};
+
+/// A page image prepared before the freeze.
+struct PagesOut {
+    id: u32,
+    path: PathBuf,
+    file: PageFile,
+}
+
+/// Dump the tree of `opts.pid` into `dir`.
+pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats> {
+    let root = opts.pid;
+    // Allocate each process's page image before the freeze, so the frozen
+    // window only copies.
+    let mut outs: HashMap<i32, PagesOut> = HashMap::new();
+    for (i, st) in crate::tree::collect(root)?.iter().enumerate() {
+        if st.state == 'Z' {
+            continue;
+        }
+        let estimate = mm::estimate_page_bytes(st.pid).unwrap_or(0);
+        let id = i as u32 + 1;
+        let path = dir.create(&names::pages(id));
+        let file = PageFile::create(&path, estimate + (1 << 20))
+            .ctx(|| format!("allocating {}", path.display()))?;
+        outs.insert(st.pid, PagesOut { id, path, file });
+    }
+    let mut bufs = mm::PageBuffers::new();
+
+    let t0 = Instant::now();
+    let frozen = FrozenTree::seize(root)?;
+    let freezing_us = us(t0);
+    let t_frozen = Instant::now();
+
+    let in_tree: HashSet<i32> = frozen
+        .procs
+        .iter()
+        .map(|p| p.0.pid)
+        .chain(frozen.zombies.iter().map(|z| z.pid))
+        .collect();
+    for (st, _) in &frozen.procs {
+        if !opts.shell_job && !in_tree.contains(&st.session) {
+            return Err(Error::Unsupported {
+                pid: st.pid,
+                what: format!(
+                    "a task whose session leader (sid {}) is outside the dumped tree without --shell-job (-j)",
+                    st.session
+                ),
+            });
+        }
+        if !opts.shell_job && !in_tree.contains(&st.pgrp) {
+            return Err(Error::Unsupported {
+                pid: st.pid,
+                what: format!(
+                    "a task whose process group {} has no member left in the dumped tree that leads it (not supported yet)",
+                    st.pgrp
+                ),
+            });
+        }
+    }
+
+    let fd_opts = FdOptions {
+        shell_job: opts.shell_job,
+    };
+    let mut files = FileTable::new();
+    let mut ctx = DumpCtx::new(fd_opts, dir);
+    let mut pstree = Vec::new();
+    let mut root_ids = None;
+    let mut pages_scanned = 0;
+    let mut pages_written = 0;
+    let mut memdump_us = 0;
+    for (idx, (stat, tids)) in frozen.procs.iter().enumerate() {
+        let pid = stat.pid;
+        let id = idx as u32 + 1;
+        let status = procfs::read_status(pid)?;
+        let threads = tids
+            .iter()
+            .map(|&t| task::read_thread(t))
+            .collect::<Result<Vec<_>>>()?;
+
+        // What only the task can tell: asked in each thread, with a scratch
+        // area mapped by the main thread; every register and mask is put
+        // back before anything else happens.
+        let mut r = Remote::new(pid, threads[0].regs)?;
+        for &tid in tids {
+            ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
+        }
+        let asked = (|| -> Result<_> {
+            r.map_scratch(None)?;
+            let mut facts = vec![task::ask(&r)?];
+            for (&tid, th) in tids.iter().zip(&threads).skip(1) {
+                let mut sib = r.sibling(tid, th.regs);
+                let f = task::ask(&sib);
+                sib.forget_scratch();
+                facts.push(f?);
+            }
+            let sigactions = signal::dump(&r)?;
+            Ok((facts, sigactions))
+        })();
+        let cleanup = r.unmap_scratch();
+        for (&tid, th) in tids.iter().zip(&threads) {
+            ptrace::set_sigmask(tid, th.sigmask)
+                .ctx(|| format!("restoring the signal mask of {tid}"))?;
+            ptrace::set_regs(tid, &th.regs).ctx(|| format!("restoring the registers of {tid}"))?;
+        }
+        let (facts, sigactions) = asked?;
+        cleanup?;
+
+        let fs_entry = fs::dump(pid, &status, &mut files)?;
+        let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
+        let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files)?;
+        mm_dump.entry.dumpable = Some(facts[0].dumpable);
+        let ids = pb::TaskKobjIdsEntry {
+            vm_id: id,
+            files_id: id,
+            fs_id: id,
+            sighand_id: id,
+            ..Default::default()
+        };
+        if idx == 0 {
+            root_ids = Some(ids);
+        }
+        let upid = pid as u32;
+        let mut leader = Some(task::LeaderParts { sigactions, ids });
+        for (i, (&tid, th)) in tids.iter().zip(&threads).enumerate() {
+            let (tstat, tstatus) = if i == 0 {
+                (stat.clone(), status.clone())
+            } else {
+                (
+                    procfs::read_task_stat(pid, tid)?,
+                    procfs::read_task_status(pid, tid)?,
+                )
+            };
+            let core = task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
+            dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
+        }
+
+        // Pages: straight from the task, through crust's buffers, into the
+        // page image.
+        let t_mem = Instant::now();
+        let out = outs.remove(&pid).ok_or_else(|| Error::Unsupported {
+            pid,
+            what: "a process that appeared while the tree was being frozen (not supported yet)"
+                .into(),
+        })?;
+        let need = mm_dump.nr_pages() * mm::PAGE;
+        let file = if need > out.file.len() {
+            drop(out.file);
+            PageFile::create(&out.path, need)
+                .ctx(|| format!("allocating {}", out.path.display()))?
+        } else {
+            out.file
+        };
+        mm_dump.read_pages(pid, &file, &out.path, &mut bufs)?;
+        file.finish(need)
+            .ctx(|| format!("writing {}", out.path.display()))?;
+        memdump_us += us(t_mem);
+        pages_written += mm_dump.nr_pages();
+        pages_scanned += mm_dump
+            .entry
+            .vmas
+            .iter()
+            .map(|v| (v.end - v.start) / mm::PAGE)
+            .sum::<u64>();
+
+        dir.write(&names::ids(upid), ImageKind::Ids, &[ids])?;
+        dir.write(
+            &names::mm(upid),
+            ImageKind::Mm,
+            std::slice::from_ref(&mm_dump.entry),
+        )?;
+        dir.write_pagemap(
+            &names::pagemap(upid as u64),
+            out.id,
+            &mm_dump.pagemap_entries(),
+        )?;
+        dir.write(&names::fdinfo(id), ImageKind::Fdinfo, &fdinfos)?;
+        dir.write(&names::fs(upid), ImageKind::Fs, &[fs_entry])?;
+        pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
+    }
+    for z in &frozen.zombies {
+        pstree.push(crate::tree::pstree_entry(z, false, &[z.pid]));
+        dir.write(
+            &names::core(z.pid as u32),
+            ImageKind::Core,
+            &[task::zombie_core(z)],
+        )?;
+    }
+    // Page images of processes that vanished before the freeze.
+    for (_, out) in outs {
+        drop(out.file);
+        let _ = std::fs::remove_file(&out.path);
+    }
+    // FIFOs' path entries, for CRIU's restore (crust's finds them inside
+    // the FIFO entries).
+    let mut file_entries = files.entries().to_vec();
+    file_entries.extend(ctx.pipes.fifo_reg_entries().iter().cloned());
+    ctx.finish()?;
+    dir.write(names::PSTREE, ImageKind::Pstree, &pstree)?;
+    dir.write(names::FILES, ImageKind::Files, &file_entries)?;
+    let frozen_us = us(t_frozen);
+    let stats = DumpStats {
+        freezing_us,
+        frozen_us,
+        memdump_us,
+        pages_scanned,
+        pages_written,
+    };
+    dir.write(
+        names::STATS_DUMP,
+        ImageKind::StatsDump,
+        &[pb::StatsEntry {
+            dump: Some(pb::DumpStatsEntry {
+                freezing_time: stats.freezing_us as u32,
+                frozen_time: stats.frozen_us as u32,
+                memdump_time: stats.memdump_us as u32,
+                memwrite_time: stats.memdump_us as u32,
+                pages_scanned: stats.pages_scanned,
+                pages_skipped_parent: 0,
+                pages_written: stats.pages_written,
+                ..Default::default()
+            }),
+            restore: None,
+        }],
+    )?;
+    // The inventory goes last: without it, a folder is not an image set.
+    dir.write(
+        names::INVENTORY,
+        ImageKind::Inventory,
+        &[pb::InventoryEntry {
+            img_version: IMG_VERSION,
+            fdinfo_per_id: Some(true),
+            root_ids,
+            ns_per_id: Some(true),
+            ..Default::default()
+        }],
+    )?;
+    dir.sync()?;
+    let how = if opts.leave_stopped {
+        Release::Stop
+    } else if opts.leave_running {
+        Release::Resume
+    } else {
+        Release::Kill
+    };
+    frozen.release(how)?;
+    Ok(DumpStats {
+        frozen_us: us(t_frozen),
+        ..stats
+    })
+}

@@ -1,0 +1,401 @@
+//! Restore orchestration: read and check every image first, open the
+//! shared files, fork the tree, then turn each process into its dumped self
+//! through the state modules, and let the whole tree go at once.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use crust_image::{names, pb, ImageKind};
+use crust_sys::mmap::PageFile;
+use crust_sys::ptrace::{self, WaitEvent};
+
+use crate::error::{Context, Error, Result};
+use crate::files::{FdOptions, OpenCtx};
+use crate::images::ImageDir;
+use crate::remote::Remote;
+use crate::tree::{self, ForkPlan};
+use crate::{files, fs, mm, signal, task, us, RestoreOptions, IMG_VERSION};
+
+/// One live process to restore, every image of it read and checked.
+struct ProcPlan {
+    entry: pb::PstreeEntry,
+    /// Core of each thread, the main thread first: (tid, core, file name).
+    cores: Vec<(i32, pb::CoreEntry, String)>,
+    mm: pb::MmEntry,
+    mm_name: String,
+    pagemap: Vec<pb::PagemapEntry>,
+    pages: PageFile,
+    pages_name: String,
+    fdinfos: Vec<pb::FdinfoEntry>,
+    cwd: String,
+    root: String,
+}
+
+/// A whole tree to restore.
+struct Plan {
+    entries: Vec<pb::PstreeEntry>,
+    procs: HashMap<u32, ProcPlan>,
+    zombies: HashMap<u32, u32>,
+    files: HashMap<u32, pb::FileEntry>,
+    fdinfo_names: Vec<(String, Vec<pb::FdinfoEntry>)>,
+}
+
+fn bad(file: &str, what: impl Into<String>) -> Error {
+    Error::BadImage {
+        file: file.to_string(),
+        what: what.into(),
+    }
+}
+
+fn reg<'a>(
+    files: &'a HashMap<u32, pb::FileEntry>,
+    id: u32,
+    what: &str,
+) -> Result<&'a pb::RegFileEntry> {
+    files.get(&id).and_then(|f| f.reg.as_ref()).ok_or_else(|| {
+        bad(
+            names::FILES,
+            format!("the {what} (file id {id}) is missing"),
+        )
+    })
+}
+
+fn load(dir: &ImageDir) -> Result<Plan> {
+    let inv: pb::InventoryEntry = dir.read_one(names::INVENTORY, ImageKind::Inventory)?;
+    if inv.img_version != IMG_VERSION {
+        return Err(bad(
+            names::INVENTORY,
+            format!(
+                "image version {} (crust reads {IMG_VERSION})",
+                inv.img_version
+            ),
+        ));
+    }
+    let entries: Vec<pb::PstreeEntry> = dir.read(names::PSTREE, ImageKind::Pstree)?;
+    if entries.is_empty() {
+        return Err(bad(names::PSTREE, "holds no process"));
+    }
+    let mut seen = HashSet::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.pid == 0 || e.pid > i32::MAX as u32 {
+            return Err(bad(names::PSTREE, format!("invalid pid {}", e.pid)));
+        }
+        if !seen.insert(e.pid) {
+            return Err(bad(names::PSTREE, format!("pid {} is listed twice", e.pid)));
+        }
+        if i > 0 && !entries[..i].iter().any(|p| p.pid == e.ppid) {
+            return Err(bad(
+                names::PSTREE,
+                format!(
+                    "the parent {} of pid {} is not listed before it",
+                    e.ppid, e.pid
+                ),
+            ));
+        }
+        for &t in &e.threads {
+            if t == 0 || t > i32::MAX as u32 || (t != e.pid && !seen.insert(t)) {
+                return Err(bad(
+                    names::PSTREE,
+                    format!("invalid or repeated thread id {t}"),
+                ));
+            }
+        }
+    }
+    let files: HashMap<u32, pb::FileEntry> = dir
+        .read::<pb::FileEntry>(names::FILES, ImageKind::Files)?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
+    let mut procs = HashMap::new();
+    let mut zombies = HashMap::new();
+    let mut fdinfo_names = Vec::new();
+    for e in &entries {
+        let core_name = names::core(e.pid);
+        let mut cores: Vec<pb::CoreEntry> = dir.read(&core_name, ImageKind::Core)?;
+        if cores.len() != 1 {
+            return Err(bad(
+                &core_name,
+                format!("holds {} entries, expected 1", cores.len()),
+            ));
+        }
+        let main = cores.remove(0);
+        if main
+            .tc
+            .as_ref()
+            .is_some_and(|t| t.task_state == task::TASK_DEAD)
+        {
+            zombies.insert(e.pid, main.tc.as_ref().map(|t| t.exit_code).unwrap_or(0));
+            continue;
+        }
+        if e.threads.first() != Some(&e.pid) {
+            return Err(bad(
+                names::PSTREE,
+                format!("pid {}: its first thread must be itself", e.pid),
+            ));
+        }
+        let parts = task::parts(&main, &core_name)?;
+        let tc = parts
+            .tc
+            .ok_or_else(|| bad(&core_name, "the main thread's core has no tc"))?;
+        task::check_rlimits(tc)?;
+        let mut thread_cores = vec![(e.pid as i32, main, core_name)];
+        for &t in e.threads.iter().skip(1) {
+            let name = names::core(t);
+            let mut c: Vec<pb::CoreEntry> = dir.read(&name, ImageKind::Core)?;
+            if c.len() != 1 {
+                return Err(bad(&name, format!("holds {} entries, expected 1", c.len())));
+            }
+            task::parts(&c[0], &name)?;
+            thread_cores.push((t as i32, c.remove(0), name));
+        }
+        let ids: pb::TaskKobjIdsEntry = dir.read_one(&names::ids(e.pid), ImageKind::Ids)?;
+        let mm_name = names::mm(e.pid);
+        let mm: pb::MmEntry = dir.read_one(&mm_name, ImageKind::Mm)?;
+        let pagemap_name = names::pagemap(e.pid as u64);
+        let (head, pagemap) = crust_image::read_pagemap(&dir.file(&pagemap_name))?;
+        let pages_name = names::pages(head.pages_id);
+        let pages_path = dir.file(&pages_name);
+        let pages = PageFile::open(&pages_path)
+            .map_err(|e| crust_image::ImageError::io(pages_path.display().to_string(), e))?;
+        mm::check_pagemap(&mm, &pagemap, pages.len(), &pagemap_name, &pages_name)?;
+        for v in &mm.vmas {
+            if v.status & (mm::VMA_FILE_PRIVATE | mm::VMA_FILE_SHARED) != 0 {
+                files::check_unchanged(reg(&files, v.shmid as u32, "mapped file")?)?;
+            }
+        }
+        files::check_unchanged(reg(&files, mm.exe_file_id, "exe file")?)?;
+        let fdinfo_name = names::fdinfo(ids.files_id);
+        let fdinfos: Vec<pb::FdinfoEntry> = dir.read(&fdinfo_name, ImageKind::Fdinfo)?;
+        fdinfo_names.push((fdinfo_name, fdinfos.clone()));
+        let fs: pb::FsEntry = dir.read_one(&names::fs(e.pid), ImageKind::Fs)?;
+        let cwd = reg(&files, fs.cwd_id, "working directory")?.name.clone();
+        let root = reg(&files, fs.root_id, "root directory")?.name.clone();
+        procs.insert(
+            e.pid,
+            ProcPlan {
+                entry: e.clone(),
+                cores: thread_cores,
+                mm,
+                mm_name,
+                pagemap,
+                pages,
+                pages_name,
+                fdinfos,
+                cwd,
+                root,
+            },
+        );
+        let _ = fs.umask;
+    }
+    Ok(Plan {
+        entries,
+        procs,
+        zombies,
+        files,
+        fdinfo_names,
+    })
+}
+
+/// Restore the tree in `opts.images_dir`; returns the root's pid. The tree
+/// runs when this returns; its root is crust's child.
+pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
+    let t0 = Instant::now();
+    let dir = ImageDir::new(&opts.images_dir);
+    let plan = load(&dir)?;
+    let pids: HashSet<u32> = plan.entries.iter().map(|e| e.pid).collect();
+    for e in &plan.entries {
+        if !opts.shell_job && !pids.contains(&e.sid) {
+            return Err(Error::Restore {
+                pid: e.pid as i32,
+                what: format!(
+                    "its session leader {} is not in the images; restore with --shell-job (-j)",
+                    e.sid
+                ),
+            });
+        }
+    }
+    let fd_opts = FdOptions {
+        shell_job: opts.shell_job,
+    };
+    let mut octx = OpenCtx {
+        opts: fd_opts,
+        dir: &dir,
+        pipes: Default::default(),
+    };
+    octx.pipes.set_reg_entries(plan.files.values());
+    let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
+    octx.pipes.finish()?;
+    let files_index: mm::FileIndex = plan
+        .files
+        .values()
+        .filter_map(|f| f.reg.clone().map(|r| (f.id, r)))
+        .collect();
+    let umasks: HashMap<u32, Option<u32>> = plan
+        .procs
+        .keys()
+        .map(|&pid| {
+            let fs: Option<pb::FsEntry> = dir.read_one(&names::fs(pid), ImageKind::Fs).ok();
+            (pid, fs.and_then(|f| f.umask))
+        })
+        .collect();
+    let fork_plan = ForkPlan {
+        entries: plan.entries.clone(),
+        zombies: plan.zombies.clone(),
+    };
+    let t_fork = Instant::now();
+    let setup = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
+        let p = &plan.procs[&e.pid];
+        open.install(&p.fdinfos, keep)?;
+        fs::apply(&p.cwd, &p.root, umasks[&e.pid])?;
+        let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
+        if let Some(tc) = main.tc {
+            task::apply_rlimits(tc)?;
+        }
+        task::apply_sched(main.th)?;
+        Ok(())
+    };
+    let restored = tree::fork_tree(&fork_plan, &setup)?;
+    let forking_us = us(t_fork);
+    drop(open);
+    drop(octx);
+    for &(pid, _, _) in &restored.ready {
+        tree::seize_restored(pid)?;
+    }
+    let mut all_tids = Vec::new();
+    for &(pid, report_fd, hold_fd) in &restored.ready {
+        let p = &plan.procs[&(pid as u32)];
+        let tids = transform(p, &files_index, &pids, report_fd, hold_fd)?;
+        all_tids.push((pid, tids, p.cores[0].1.tc.as_ref().map(|t| t.task_state)));
+    }
+    let pages_restored: u64 = plan
+        .procs
+        .values()
+        .flat_map(|p| p.pagemap.iter().map(|e| e.nr_pages as u64))
+        .sum();
+    dir.write(
+        names::STATS_RESTORE,
+        ImageKind::StatsRestore,
+        &[pb::StatsEntry {
+            dump: None,
+            restore: Some(pb::RestoreStatsEntry {
+                pages_compared: 0,
+                pages_skipped_cow: 0,
+                forking_time: forking_us as u32,
+                restore_time: us(t0) as u32,
+                pages_restored: Some(pages_restored),
+            }),
+        }],
+    )?;
+    // Let the whole tree go together.
+    for (pid, tids, state) in &all_tids {
+        if *state == Some(task::TASK_STOPPED) {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGSTOP)
+                .ctx(|| format!("stopping {pid}"))?;
+        }
+        for &t in tids {
+            ptrace::detach(t, 0).ctx(|| format!("letting {t} go"))?;
+        }
+    }
+    let root = restored.root();
+    restored.handed_over();
+    Ok(root)
+}
+
+/// `struct clone_args` size (clone3), up to and including `cgroup`.
+const CLONE_ARGS_SIZE: usize = 88;
+/// Where in the scratch area the clone3 arguments go.
+const CLONE_ARGS_AT: usize = 32 * 1024;
+
+/// Turn one seized, waiting process into its dumped self; returns its
+/// thread ids, main thread first.
+fn transform(
+    p: &ProcPlan,
+    files_index: &mm::FileIndex,
+    tree_pids: &HashSet<u32>,
+    report_fd: i32,
+    hold_fd: i32,
+) -> Result<Vec<i32>> {
+    let pid = p.entry.pid as i32;
+    let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
+    let mut r = Remote::new(pid, regs)?;
+    ptrace::set_sigmask(pid, u64::MAX).ctx(|| format!("blocking signals of {pid}"))?;
+    for fd in [report_fd, hold_fd] {
+        r.call("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+    }
+    task::unregister_rseq(&r)?;
+    mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name)?;
+    r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
+    mm::map_and_fill(&r, &p.mm, files_index, &p.pagemap, &p.pages, &p.pages_name)?;
+    mm::set_mm_fields(&r, &p.mm, files_index)?;
+    let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
+    let tc = main.tc.expect("checked at load");
+    signal::restore(&r, &tc.sigactions, &p.cores[0].2)?;
+    // A group whose leader was forked after this process.
+    let pgid = p.entry.pgid;
+    if pgid != p.entry.pid && tree_pids.contains(&pgid) {
+        let now = crust_sys::procfs::read_stat(pid)?.pgrp as u32;
+        if now != pgid {
+            r.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
+        }
+    }
+    // The other threads, each with its own tid.
+    let mut tids = vec![pid];
+    for (tid, _, _) in p.cores.iter().skip(1) {
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        let set_tid_addr = r.scratch() + (CLONE_ARGS_AT + CLONE_ARGS_SIZE) as u64;
+        let args: Vec<u8> = [flags, 0, 0, 0, 0, 0, 0, 0, set_tid_addr, 1, 0]
+            .iter()
+            .chain(std::iter::once(&(*tid as u64)))
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let a = r.put(CLONE_ARGS_AT, &args)?;
+        let got = r.call(
+            &format!("clone3 of thread {tid}"),
+            libc::SYS_clone3,
+            [a, CLONE_ARGS_SIZE as u64, 0, 0, 0, 0],
+        )?;
+        if got != *tid as u64 {
+            return Err(Error::Restore {
+                pid,
+                what: format!("thread {tid} was created as {got}"),
+            });
+        }
+        wait_new_thread(*tid)?;
+        tids.push(*tid);
+    }
+    for (i, (tid, core, name)) in p.cores.iter().enumerate() {
+        let parts = task::parts(core, name)?;
+        let treg = ptrace::get_regs(*tid).ctx(|| format!("registers of {tid}"))?;
+        let mut sib = r.sibling(*tid, treg);
+        if i > 0 {
+            ptrace::set_sigmask(*tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
+            task::set_thread_sched(*tid, parts.th)?;
+        }
+        let res = task::restore_late(&sib, &parts);
+        sib.forget_scratch();
+        res?;
+    }
+    task::restore_dumpable(&r, p.mm.dumpable)?;
+    r.unmap_scratch()?;
+    for (tid, core, name) in &p.cores {
+        let parts = task::parts(core, name)?;
+        task::restore_regs(*tid, &parts, name)?;
+    }
+    Ok(tids)
+}
+
+/// Wait for a thread crust just created with clone3 to stop.
+fn wait_new_thread(tid: i32) -> Result<()> {
+    match ptrace::wait(tid).ctx(|| format!("waiting for new thread {tid}"))? {
+        WaitEvent::Stopped { .. } => Ok(()),
+        other => Err(Error::Restore {
+            pid: tid,
+            what: format!("new thread died ({other:?})"),
+        }),
+    }
+}
