@@ -80,6 +80,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     };
     let mut files = FileTable::new();
     let mut ctx = DumpCtx::new(fd_opts, dir);
+    let mut shmem = crate::shmem::Dumper::default();
     let mut pstree = Vec::new();
     let mut root_ids = None;
     let mut pages_scanned = 0;
@@ -125,6 +126,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
         let fs_entry = fs::dump(pid, &status, &mut files)?;
         let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
         let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files)?;
+        shmem.add(pid, &mm_dump.shmem_mappings());
         mm_dump.entry.dumpable = Some(facts[0].dumpable);
         let ids = pb::TaskKobjIdsEntry {
             vm_id: id,
@@ -194,6 +196,8 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
         dir.write(&names::fs(upid), ImageKind::Fs, &[fs_entry])?;
         pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
     }
+    // Shared anonymous memory, once per object, while the tree is frozen.
+    pages_written += shmem.dump_all(dir, frozen.procs.len() as u32 + 1)?;
     for z in &frozen.zombies {
         pstree.push(crate::tree::pstree_entry(z, false, &[z.pid]));
         dir.write(

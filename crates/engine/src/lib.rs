@@ -13,6 +13,7 @@ pub mod images;
 pub mod mm;
 pub mod remote;
 mod restore;
+pub mod shmem;
 pub mod signal;
 pub mod task;
 pub mod tree;

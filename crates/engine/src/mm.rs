@@ -126,6 +126,18 @@ pub struct MmDump {
     unreadable: Vec<(u64, u64)>,
 }
 
+impl MmDump {
+    /// The shared anonymous mappings: (shmem inode, start, end, pgoff).
+    pub fn shmem_mappings(&self) -> Vec<(u64, u64, u64, u64)> {
+        self.entry
+            .vmas
+            .iter()
+            .filter(|v| v.status & VMA_ANON_SHARED != 0)
+            .map(|v| (v.shmid, v.start, v.end, v.pgoff))
+            .collect()
+    }
+}
+
 /// Upper bound of the bytes of pages a task's dump will hold, from smaps,
 /// taken before the freeze to size the page image.
 pub fn estimate_page_bytes(pid: i32) -> Result<u64> {
@@ -202,6 +214,14 @@ fn classify(pid: i32, v: &Vma, files: &mut FileTable) -> Result<(pb::VmaEntry, P
         VmaPath::Vsyscall => {
             e.status = VMA_AREA_VSYSCALL;
             e.flags = anon_flags;
+            PageRule::None
+        }
+        VmaPath::File { path, deleted } if *deleted && v.shared && path == "/dev/zero" => {
+            // MAP_SHARED | MAP_ANONYMOUS: a shmem object, dumped once by
+            // the shmem module however many processes map it.
+            e.status |= VMA_ANON_SHARED;
+            e.flags |= libc::MAP_ANONYMOUS as u32;
+            e.shmid = v.inode;
             PageRule::None
         }
         VmaPath::File { path, deleted } => {
@@ -595,9 +615,15 @@ pub fn map_and_fill(
     pagemap: &[pb::PagemapEntry],
     pages: &PageFile,
     pages_name: &str,
+    shmem: &mut crate::shmem::Restorer,
 ) -> Result<()> {
     let pid = r.pid();
-    let filled = vmas_with_pages(mm, pagemap);
+    let mut filled = vmas_with_pages(mm, pagemap);
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if v.status & VMA_ANON_SHARED != 0 && shmem.will_create(v) {
+            filled[i] = true;
+        }
+    }
     let mut fds: HashMap<(u32, u32), u64> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(v) {
@@ -609,7 +635,27 @@ pub fn map_and_fill(
         }
         let mut flags = (v.flags as u64) | libc::MAP_FIXED as u64;
         let mut fd = u64::MAX;
-        if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+        let mut pgoff = v.pgoff;
+        let mut close_after = false;
+        if v.status & VMA_ANON_SHARED != 0 {
+            if let Some(path) = shmem.map_files_path(v)? {
+                let p = r.put_path(0, &path)?;
+                let oflags = if v.prot & libc::PROT_WRITE as u32 != 0 || filled[i] {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                fd = r.call(
+                    &format!("open of {path}"),
+                    libc::SYS_openat,
+                    [libc::AT_FDCWD as u64, p, oflags as u64, 0, 0, 0],
+                )?;
+                flags &= !(libc::MAP_ANONYMOUS as u64);
+                close_after = true;
+            } else {
+                pgoff = 0;
+            }
+        } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             let id = v.shmid as u32;
             let rf = files.get(&id).ok_or_else(|| Error::BadImage {
                 file: "mm".into(),
@@ -638,13 +684,19 @@ pub fn map_and_fill(
         let got = r.call(
             &format!("mmap of {:#x}-{:#x}", v.start, v.end),
             libc::SYS_mmap,
-            [v.start, v.end - v.start, prot, flags, fd, v.pgoff],
+            [v.start, v.end - v.start, prot, flags, fd, pgoff],
         )?;
+        if close_after {
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
         if got != v.start {
             return Err(Error::Restore {
                 pid,
                 what: format!("mmap of {:#x} landed at {got:#x}", v.start),
             });
+        }
+        if v.status & VMA_ANON_SHARED != 0 {
+            shmem.mapped(pid, v)?;
         }
     }
     for fd in fds.into_values() {

@@ -214,6 +214,15 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
             });
         }
     }
+    let mut shmem = crate::shmem::Restorer::load(
+        &dir,
+        plan.procs.values().flat_map(|p| {
+            p.mm.vmas
+                .iter()
+                .filter(|v| v.status & mm::VMA_ANON_SHARED != 0)
+                .map(|v| v.shmid)
+        }),
+    )?;
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
     };
@@ -264,7 +273,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
     let mut all_tids = Vec::new();
     for &(pid, report_fd, hold_fd) in &restored.ready {
         let p = &plan.procs[&(pid as u32)];
-        let tids = transform(p, &files_index, &pids, report_fd, hold_fd)?;
+        let tids = transform(p, &mut shmem, &files_index, &pids, report_fd, hold_fd)?;
         all_tids.push((pid, tids, p.cores[0].1.tc.as_ref().map(|t| t.task_state)));
     }
     let pages_restored: u64 = plan
@@ -310,6 +319,7 @@ const CLONE_ARGS_AT: usize = 32 * 1024;
 /// thread ids, main thread first.
 fn transform(
     p: &ProcPlan,
+    shmem: &mut crate::shmem::Restorer,
     files_index: &mm::FileIndex,
     tree_pids: &HashSet<u32>,
     report_fd: i32,
@@ -325,7 +335,15 @@ fn transform(
     task::unregister_rseq(&r)?;
     mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name)?;
     r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
-    mm::map_and_fill(&r, &p.mm, files_index, &p.pagemap, &p.pages, &p.pages_name)?;
+    mm::map_and_fill(
+        &r,
+        &p.mm,
+        files_index,
+        &p.pagemap,
+        &p.pages,
+        &p.pages_name,
+        shmem,
+    )?;
     mm::set_mm_fields(&r, &p.mm, files_index)?;
     let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
     let tc = main.tc.expect("checked at load");

@@ -115,6 +115,14 @@ impl PageFile {
         self.file.read_exact_at(buf, offset)
     }
 
+    /// Write `data` at `offset`, growing the file's recorded length.
+    pub fn append_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset)?;
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
     /// Write `data` at `offset`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;

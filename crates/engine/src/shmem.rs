@@ -1,0 +1,236 @@
+//! Shared anonymous memory (MAP_SHARED | MAP_ANONYMOUS): each shmem object
+//! is dumped once, however many processes map it, from its file in
+//! /proc/PID/map_files (pagemap-shmem-ID.img + pages-N.img, as CRIU). At
+//! restore the first process that maps it creates it with mmap, its pages
+//! are written there, and every other mapping opens it through that
+//! process's map_files entry, so a write by one is seen by all again.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+
+use crust_image::{names, pb};
+use crust_sys::mmap::PageFile;
+use crust_sys::vm::{self, RemoteRange};
+
+use crate::error::{Context, Error, Result};
+use crate::images::ImageDir;
+use crate::mm::{PAGE, PE_PRESENT};
+
+/// Bytes copied at once when dumping a shmem object.
+const CHUNK: usize = 8 << 20;
+
+/// The shmem objects met during a dump: the first mapping of each.
+#[derive(Default)]
+pub struct Dumper {
+    objects: Vec<(u64, i32, u64, u64, u64)>,
+}
+
+impl Dumper {
+    /// Note the shared anonymous mappings (inode, start, end, pgoff) of `pid`.
+    pub fn add(&mut self, pid: i32, mappings: &[(u64, u64, u64, u64)]) {
+        for &(ino, start, end, pgoff) in mappings {
+            match self.objects.iter_mut().find(|o| o.0 == ino) {
+                // Prefer a mapping from the object's start.
+                Some(o) if o.4 != 0 && pgoff == 0 => *o = (ino, pid, start, end, pgoff),
+                Some(_) => {}
+                None => self.objects.push((ino, pid, start, end, pgoff)),
+            }
+        }
+    }
+
+    /// Dump every object into page images numbered from `first_pages_id`.
+    pub fn dump_all(self, dir: &ImageDir, first_pages_id: u32) -> Result<u64> {
+        let mut written = 0;
+        for (i, &(ino, pid, start, end, pgoff)) in self.objects.iter().enumerate() {
+            let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+            let f = std::fs::File::open(&path).ctx(|| format!("opening {path}"))?;
+            let size = f.metadata().ctx(|| format!("stat of {path}"))?.len();
+            if pgoff != 0 || end - start < size {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "shared anonymous memory at {start:#x}-{end:#x} that no process maps whole (not supported yet)"
+                    ),
+                });
+            }
+            let pages_id = first_pages_id + i as u32;
+            let pages_path = dir.create(&names::pages(pages_id));
+            let mut out = PageFile::create(&pages_path, 0)
+                .ctx(|| format!("creating {}", pages_path.display()))?;
+            let mut entries = Vec::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut file_off = 0u64;
+            for (data, hole) in data_ranges(&f, size).ctx(|| format!("scanning {path}"))? {
+                let mut off = data;
+                while off < hole {
+                    let n = ((hole - off) as usize).min(CHUNK);
+                    f.read_exact_at(&mut buf[..n], off)
+                        .ctx(|| format!("reading {path}"))?;
+                    out.append_at(file_off, &buf[..n])
+                        .ctx(|| format!("writing {}", pages_path.display()))?;
+                    file_off += n as u64;
+                    off += n as u64;
+                }
+                entries.push(pb::PagemapEntry {
+                    vaddr: data,
+                    nr_pages: ((hole - data) / PAGE) as u32,
+                    in_parent: None,
+                    flags: Some(PE_PRESENT),
+                });
+            }
+            out.finish(file_off)
+                .ctx(|| format!("writing {}", pages_path.display()))?;
+            written += file_off / PAGE;
+            dir.write_pagemap(&names::shmem_pagemap(ino), pages_id, &entries)?;
+        }
+        Ok(written)
+    }
+}
+
+/// The page-aligned (data, hole) ranges of a shmem file below `size`.
+fn data_ranges(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0i64;
+    while (pos as u64) < size {
+        let data = match lseek(fd, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(fd, data, Whence::SeekHole).map_err(std::io::Error::from)?;
+        let d = (data as u64) & !(PAGE - 1);
+        let h = ((hole as u64).min(size) + PAGE - 1) & !(PAGE - 1);
+        if h > d {
+            out.push((d, h));
+        }
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// One shmem object of a restore.
+struct Object {
+    pagemap: Vec<pb::PagemapEntry>,
+    pages: PageFile,
+    pages_name: String,
+    /// (pid, start, end) of the mapping that created it.
+    creator: Option<(i32, u64, u64)>,
+}
+
+/// The shmem objects of a restore, created by their first mapping.
+#[derive(Default)]
+pub struct Restorer {
+    objects: HashMap<u64, Object>,
+}
+
+impl Restorer {
+    /// Read the images of the shmem objects `shmids`.
+    pub fn load(dir: &ImageDir, shmids: impl IntoIterator<Item = u64>) -> Result<Self> {
+        let mut objects = HashMap::new();
+        for id in shmids {
+            if objects.contains_key(&id) {
+                continue;
+            }
+            let name = names::shmem_pagemap(id);
+            let (head, pagemap) = crust_image::read_pagemap(&dir.file(&name))?;
+            let pages_name = names::pages(head.pages_id);
+            let path = dir.file(&pages_name);
+            let pages = PageFile::open(&path)
+                .map_err(|e| crust_image::ImageError::io(path.display().to_string(), e))?;
+            let total: u64 = pagemap.iter().map(|p| p.nr_pages as u64 * PAGE).sum();
+            if total != pages.len() {
+                return Err(Error::BadImage {
+                    file: name,
+                    what: format!(
+                        "lists {total} bytes of pages, but {pages_name} holds {}",
+                        pages.len()
+                    ),
+                });
+            }
+            objects.insert(
+                id,
+                Object {
+                    pagemap,
+                    pages,
+                    pages_name,
+                    creator: None,
+                },
+            );
+        }
+        Ok(Restorer { objects })
+    }
+
+    fn object(&self, v: &pb::VmaEntry) -> Result<&Object> {
+        self.objects.get(&v.shmid).ok_or_else(|| Error::BadImage {
+            file: names::shmem_pagemap(v.shmid),
+            what: "is missing".into(),
+        })
+    }
+
+    /// Whether mapping `v` will create its object (and so be filled).
+    pub fn will_create(&self, v: &pb::VmaEntry) -> bool {
+        self.object(v).is_ok_and(|o| o.creator.is_none())
+    }
+
+    /// The map_files path to open for mapping `v`, or `None` when `v`
+    /// creates the object with a plain MAP_SHARED | MAP_ANONYMOUS mmap.
+    pub fn map_files_path(&self, v: &pb::VmaEntry) -> Result<Option<String>> {
+        let o = self.object(v)?;
+        match o.creator {
+            Some((pid, start, end)) => Ok(Some(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))),
+            None if v.pgoff == 0 => Ok(None),
+            None => Err(Error::BadImage {
+                file: names::shmem_pagemap(v.shmid),
+                what: format!(
+                    "its first mapping at {:#x} does not start at offset 0",
+                    v.start
+                ),
+            }),
+        }
+    }
+
+    /// Mapping `v` of `pid` is in place: if it created its object, write
+    /// the object's pages into it.
+    pub fn mapped(&mut self, pid: i32, v: &pb::VmaEntry) -> Result<()> {
+        let o = self
+            .objects
+            .get_mut(&v.shmid)
+            .expect("checked by map_files_path");
+        if o.creator.is_some() {
+            return Ok(());
+        }
+        o.creator = Some((pid, v.start, v.end));
+        let len = v.end - v.start;
+        let mut off = 0u64;
+        for p in &o.pagemap {
+            let n = p.nr_pages as u64 * PAGE;
+            if p.vaddr % PAGE != 0 || p.vaddr + n > len {
+                return Err(Error::BadImage {
+                    file: names::shmem_pagemap(v.shmid),
+                    what: format!(
+                        "pages at offset {:#x} lie outside the {len} byte object",
+                        p.vaddr
+                    ),
+                });
+            }
+            let mut done = 0u64;
+            while done < n {
+                let chunk = (n - done).min(CHUNK as u64) as usize;
+                let r = [RemoteRange {
+                    addr: v.start + p.vaddr + done,
+                    len: chunk,
+                }];
+                o.pages
+                    .read_window(off + done, chunk, |buf| vm::write_ranges(pid, &r, buf))
+                    .ctx(|| format!("mapping {}", o.pages_name))?
+                    .ctx(|| format!("writing the shared memory of pid {pid}"))?;
+                done += chunk as u64;
+            }
+            off += n;
+        }
+        Ok(())
+    }
+}
