@@ -47,6 +47,10 @@ enum Command {
         /// The process is a job of an interactive shell (its terminal is the shell's).
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Dump deleted files the process holds open up to SIZE bytes each
+        /// (suffixes K, M, G; default 1M, as CRIU).
+        #[arg(long = "ghost-limit", value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+        ghost_limit: u64,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -64,6 +68,10 @@ enum Command {
         /// Give a process dumped with --shell-job this terminal.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Restore inside a new pid namespace, with the dumped pids there
+        /// (for when they are taken here), under a small init crust provides.
+        #[arg(long = "new-pid-ns")]
+        new_pid_ns: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -73,6 +81,22 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// A size as CRIU's options take it: a number of bytes with an optional
+/// K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))
 }
 
 fn init_log(log: &LogArgs, images_dir: Option<&Path>) -> Result<()> {
@@ -121,6 +145,7 @@ fn run(cli: Cli) -> Result<i32> {
             leave_running,
             leave_stopped,
             shell_job,
+            ghost_limit,
             log,
         } => {
             init_log(&log, Some(&images_dir))?;
@@ -130,6 +155,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_running,
                 leave_stopped,
                 shell_job,
+                ghost_limit,
             })?;
             tracing::info!(
                 "dumped {pid}: frozen {} us, {} pages written",
@@ -143,21 +169,23 @@ fn run(cli: Cli) -> Result<i32> {
             detached,
             pidfile,
             shell_job,
+            new_pid_ns,
             log,
         } => {
             init_log(&log, Some(&images_dir))?;
-            let pid = crust_engine::restore(&crust_engine::RestoreOptions {
+            let restored = crust_engine::restore(&crust_engine::RestoreOptions {
                 images_dir,
                 shell_job,
+                new_pid_ns,
             })?;
             if let Some(p) = pidfile {
-                std::fs::write(&p, format!("{pid}\n"))
+                std::fs::write(&p, format!("{}\n", restored.root))
                     .with_context(|| format!("writing the pidfile {}", p.display()))?;
             }
             if detached {
                 return Ok(0);
             }
-            Ok(crust_engine::wait_for(pid)?)
+            Ok(crust_engine::wait_for(restored.child)?)
         }
         Command::Show { files } => {
             use std::io::Write;

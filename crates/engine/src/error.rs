@@ -37,7 +37,7 @@ pub enum Error {
         what: String,
     },
     /// A pid the restore needs is in use.
-    #[error("pid {0} is in use, so the tree cannot be restored with its original pids")]
+    #[error("pid {0} is in use, so the tree cannot be restored with its original pids; `crust restore --new-pid-ns` restores it inside a new pid namespace, with the dumped pids there")]
     PidTaken(i32),
     /// A file the images refer to is gone or changed since the dump.
     #[error("{path}: {what} since the dump")]

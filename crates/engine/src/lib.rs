@@ -27,6 +27,7 @@ use crust_sys::ptrace;
 
 use error::Context;
 pub use error::{Error, Result};
+pub use files::DEFAULT_GHOST_LIMIT;
 use images::ImageDir;
 use remote::Remote;
 
@@ -46,6 +47,9 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// The task is a shell job: its terminal is the shell's.
     pub shell_job: bool,
+    /// The largest deleted-but-open file dumped (as a ghost file), bytes;
+    /// [`DEFAULT_GHOST_LIMIT`] is CRIU's default.
+    pub ghost_limit: u64,
 }
 
 /// Figures of a finished dump.
@@ -128,11 +132,23 @@ pub struct RestoreOptions {
     pub images_dir: PathBuf,
     /// The task was dumped as a shell job: give it crust's terminal.
     pub shell_job: bool,
+    /// Restore the tree inside a new pid namespace (with its dumped pids
+    /// there), under a small init that reaps orphans.
+    pub new_pid_ns: bool,
 }
 
-/// Restore the tree in `opts.images_dir`; returns the root's pid. The tree
-/// runs when this returns; its root is crust's child.
-pub fn restore(opts: &RestoreOptions) -> Result<i32> {
+/// A restored tree, as crust sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Restored {
+    /// The root process's pid (in crust's pid namespace).
+    pub root: i32,
+    /// crust's child, to wait for: the root, or with `new_pid_ns` the init
+    /// of the new namespace, whose exit status is the root's.
+    pub child: i32,
+}
+
+/// Restore the tree in `opts.images_dir`. The tree runs when this returns.
+pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     check_privileges()?;
     restore::restore(opts)
 }
@@ -192,6 +208,7 @@ pub fn check() -> Result<Vec<String>> {
             threads: vec![pid as u32],
         }],
         zombies: Default::default(),
+        new_pid_ns: false,
     };
     let child = tree::fork_tree(&plan, &|_, _| Ok(()))
         .map_err(|e| Error::Kernel(format!("clone3 with set_tid ({e})")))?;

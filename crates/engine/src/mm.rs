@@ -608,8 +608,10 @@ pub fn scratch_gap(mm: &pb::MmEntry) -> u64 {
 
 /// Map every dumped VMA at its address, write the pages, then give each VMA
 /// its protection and advice. The scratch area must be mapped.
+#[allow(clippy::too_many_arguments)]
 pub fn map_and_fill(
     r: &Remote,
+    inner_pid: i32,
     mm: &pb::MmEntry,
     files: &FileIndex,
     pagemap: &[pb::PagemapEntry],
@@ -696,7 +698,7 @@ pub fn map_and_fill(
             });
         }
         if v.status & VMA_ANON_SHARED != 0 {
-            shmem.mapped(pid, v)?;
+            shmem.mapped(pid, inner_pid, v)?;
         }
     }
     for fd in fds.into_values() {

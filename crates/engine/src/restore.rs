@@ -198,7 +198,7 @@ fn load(dir: &ImageDir) -> Result<Plan> {
 
 /// Restore the tree in `opts.images_dir`; returns the root's pid. The tree
 /// runs when this returns; its root is crust's child.
-pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
+pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::new(&opts.images_dir);
     let plan = load(&dir)?;
@@ -225,11 +225,13 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
     )?;
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
+        ghost_limit: files::DEFAULT_GHOST_LIMIT,
     };
     let mut octx = OpenCtx {
         opts: fd_opts,
         dir: &dir,
         pipes: Default::default(),
+        ghosts: Default::default(),
     };
     octx.pipes.set_reg_entries(plan.files.values());
     let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
@@ -250,6 +252,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
     let fork_plan = ForkPlan {
         entries: plan.entries.clone(),
         zombies: plan.zombies.clone(),
+        new_pid_ns: opts.new_pid_ns,
     };
     let t_fork = Instant::now();
     let setup = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
@@ -267,14 +270,18 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
     let forking_us = us(t_fork);
     drop(open);
     drop(octx);
-    for &(pid, _, _) in &restored.ready {
-        tree::seize_restored(pid)?;
+    for r in &restored.ready {
+        tree::seize_restored(r.outer)?;
     }
     let mut all_tids = Vec::new();
-    for &(pid, report_fd, hold_fd) in &restored.ready {
-        let p = &plan.procs[&(pid as u32)];
-        let tids = transform(p, &mut shmem, &files_index, &pids, report_fd, hold_fd)?;
-        all_tids.push((pid, tids, p.cores[0].1.tc.as_ref().map(|t| t.task_state)));
+    for r in &restored.ready {
+        let p = &plan.procs[&(r.pid as u32)];
+        let tids = transform(p, r, opts.new_pid_ns, &mut shmem, &files_index, &pids)?;
+        all_tids.push((
+            r.outer,
+            tids,
+            p.cores[0].1.tc.as_ref().map(|t| t.task_state),
+        ));
     }
     let pages_restored: u64 = plan
         .procs
@@ -305,9 +312,14 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<i32> {
             ptrace::detach(t, 0).ctx(|| format!("letting {t} go"))?;
         }
     }
-    let root = restored.root();
+    let out = crate::Restored {
+        root: restored
+            .outer(plan.entries[0].pid as i32)
+            .unwrap_or(restored.child()),
+        child: restored.child(),
+    };
     restored.handed_over();
-    Ok(root)
+    Ok(out)
 }
 
 /// `struct clone_args` size (clone3), up to and including `cgroup`.
@@ -319,13 +331,14 @@ const CLONE_ARGS_AT: usize = 32 * 1024;
 /// thread ids, main thread first.
 fn transform(
     p: &ProcPlan,
+    ready: &tree::Ready,
+    new_pid_ns: bool,
     shmem: &mut crate::shmem::Restorer,
     files_index: &mm::FileIndex,
     tree_pids: &HashSet<u32>,
-    report_fd: i32,
-    hold_fd: i32,
 ) -> Result<Vec<i32>> {
-    let pid = p.entry.pid as i32;
+    let pid = ready.outer;
+    let (report_fd, hold_fd) = (ready.report_fd, ready.hold_fd);
     let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
     let mut r = Remote::new(pid, regs)?;
     ptrace::set_sigmask(pid, u64::MAX).ctx(|| format!("blocking signals of {pid}"))?;
@@ -337,6 +350,7 @@ fn transform(
     r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
     mm::map_and_fill(
         &r,
+        ready.pid,
         &p.mm,
         files_index,
         &p.pagemap,
@@ -350,11 +364,8 @@ fn transform(
     signal::restore(&r, &tc.sigactions, &p.cores[0].2)?;
     // A group whose leader was forked after this process.
     let pgid = p.entry.pgid;
-    if pgid != p.entry.pid && tree_pids.contains(&pgid) {
-        let now = crust_sys::procfs::read_stat(pid)?.pgrp as u32;
-        if now != pgid {
-            r.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
-        }
+    if pgid != p.entry.pid && p.entry.sid != p.entry.pid && tree_pids.contains(&pgid) {
+        r.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
     }
     // The other threads, each with its own tid.
     let mut tids = vec![pid];
@@ -383,10 +394,16 @@ fn transform(
                 what: format!("thread {tid} was created as {got}"),
             });
         }
-        wait_new_thread(*tid)?;
-        tids.push(*tid);
+        let outer = if new_pid_ns {
+            outer_tid(pid, *tid)?
+        } else {
+            *tid
+        };
+        wait_new_thread(outer)?;
+        tids.push(outer);
     }
-    for (i, (tid, core, name)) in p.cores.iter().enumerate() {
+    for (i, (_, core, name)) in p.cores.iter().enumerate() {
+        let tid = &tids[i];
         let parts = task::parts(core, name)?;
         let treg = ptrace::get_regs(*tid).ctx(|| format!("registers of {tid}"))?;
         let mut sib = r.sibling(*tid, treg);
@@ -400,11 +417,27 @@ fn transform(
     }
     task::restore_dumpable(&r, p.mm.dumpable)?;
     r.unmap_scratch()?;
-    for (tid, core, name) in &p.cores {
+    for (i, (_, core, name)) in p.cores.iter().enumerate() {
         let parts = task::parts(core, name)?;
-        task::restore_regs(*tid, &parts, name)?;
+        task::restore_regs(tids[i], &parts, name)?;
     }
     Ok(tids)
+}
+
+/// crust's view of thread `inner` (its id in its own pid namespace) of
+/// process `pid` (crust's view).
+fn outer_tid(pid: i32, inner: i32) -> Result<i32> {
+    for t in crust_sys::procfs::list_tids(pid).ctx(|| format!("listing the threads of {pid}"))? {
+        if let Ok(st) = crust_sys::procfs::read_task_status(pid, t) {
+            if st.ns_pid.last() == Some(&inner) {
+                return Ok(t);
+            }
+        }
+    }
+    Err(Error::Restore {
+        pid,
+        what: format!("its new thread {inner} cannot be found from outside its pid namespace"),
+    })
 }
 
 /// Wait for a thread crust just created with clone3 to stop.

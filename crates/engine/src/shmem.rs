@@ -116,7 +116,7 @@ struct Object {
     pagemap: Vec<pb::PagemapEntry>,
     pages: PageFile,
     pages_name: String,
-    /// (pid, start, end) of the mapping that created it.
+    /// (pid in its own namespace, start, end) of the mapping that created it.
     creator: Option<(i32, u64, u64)>,
 }
 
@@ -192,9 +192,10 @@ impl Restorer {
         }
     }
 
-    /// Mapping `v` of `pid` is in place: if it created its object, write
-    /// the object's pages into it.
-    pub fn mapped(&mut self, pid: i32, v: &pb::VmaEntry) -> Result<()> {
+    /// Mapping `v` of `pid` (crust's view; `inner` in its own pid
+    /// namespace) is in place: if it created its object, write the object's
+    /// pages into it.
+    pub fn mapped(&mut self, pid: i32, inner: i32, v: &pb::VmaEntry) -> Result<()> {
         let o = self
             .objects
             .get_mut(&v.shmid)
@@ -202,7 +203,7 @@ impl Restorer {
         if o.creator.is_some() {
             return Ok(());
         }
-        o.creator = Some((pid, v.start, v.end));
+        o.creator = Some((inner, v.start, v.end));
         let len = v.end - v.start;
         let mut off = 0u64;
         for p in &o.pagemap {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 
 use crust_image::pb;
-use crust_sys::clone::{exit_now, fork_with_pid, kill_self};
+use crust_sys::clone::{exit_now, fork_with, fork_with_pid, kill_self};
 use crust_sys::procfs;
 use crust_sys::ptrace::{self, WaitEvent};
 
@@ -284,29 +284,57 @@ pub struct ForkPlan {
     pub entries: Vec<pb::PstreeEntry>,
     /// Exit status (as wait reports it) of each zombie, by pid.
     pub zombies: HashMap<u32, u32>,
+    /// Restore inside a new pid namespace, under an init of crust's.
+    pub new_pid_ns: bool,
+}
+
+/// A restored process waiting for crust.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    /// Its pid in the images (and in its own pid namespace).
+    pub pid: i32,
+    /// Its pid as crust sees it (the same unless --new-pid-ns).
+    pub outer: i32,
+    /// Its fd of the report pipe, to close.
+    pub report_fd: i32,
+    /// Its fd of the hold pipe, to close.
+    pub hold_fd: i32,
 }
 
 /// A restored tree whose processes wait for crust. Dropping it kills them
 /// all: a restore is all or nothing.
 pub struct RestoredTree {
-    root: i32,
+    /// crust's child: the root, or the init of the new pid namespace.
+    child: i32,
     pids: Vec<i32>,
-    /// (pid, fd of its report pipe, fd of its hold pipe) of each live process.
-    pub ready: Vec<(i32, i32, i32)>,
+    /// Every live process, once it is ready.
+    pub ready: Vec<Ready>,
     hold: Option<OwnedFd>,
+    /// Write end of the namespace init's handover pipe.
+    handover: Option<std::fs::File>,
     live: bool,
 }
 
 impl RestoredTree {
-    /// The root's pid.
-    pub fn root(&self) -> i32 {
-        self.root
+    /// crust's own child (the root, or the namespace's init), as crust sees
+    /// it: the process to wait for.
+    pub fn child(&self) -> i32 {
+        self.child
+    }
+
+    /// Pid translation: images' pid to crust's view.
+    pub fn outer(&self, pid: i32) -> Option<i32> {
+        self.ready.iter().find(|r| r.pid == pid).map(|r| r.outer)
     }
 
     /// The processes now belong to themselves: do not kill them on drop.
     pub fn handed_over(mut self) {
         self.live = false;
         self.hold.take();
+        if let Some(mut h) = self.handover.take() {
+            // The namespace's init may now outlive crust.
+            let _ = h.write_all(b"g");
+        }
     }
 }
 
@@ -319,8 +347,12 @@ impl Drop for RestoredTree {
                     nix::sys::signal::SIGKILL,
                 );
             }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child),
+                nix::sys::signal::SIGKILL,
+            );
             let _ = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(self.root),
+                nix::unistd::Pid::from_raw(self.child),
                 Some(nix::sys::wait::WaitPidFlag::__WALL),
             );
         }
@@ -341,7 +373,7 @@ pub fn fork_tree(
     setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
 ) -> Result<RestoredTree> {
     let root = &plan.entries[0];
-    for e in &plan.entries {
+    for e in plan.entries.iter().filter(|_| !plan.new_pid_ns) {
         if std::path::Path::new(&format!("/proc/{}", e.pid)).exists() {
             return Err(Error::PidTaken(e.pid as i32));
         }
@@ -356,18 +388,27 @@ pub fn fork_tree(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe2".into())?;
     let parent = std::process::id() as i32;
     let mut tree = RestoredTree {
-        root: root.pid as i32,
+        child: 0,
         pids: plan.entries.iter().map(|e| e.pid as i32).collect(),
         ready: Vec::new(),
         hold: Some(hold_wr),
+        handover: None,
         live: true,
     };
     let chans = (report_wr, hold_rd);
-    let forked = fork_with_pid(root.pid as i32, || {
-        become_process(plan, root, setup, chans, parent)
-    });
+    let forked = if plan.new_pid_ns {
+        let (hand_rd, hand_wr) = pipe()?;
+        tree.handover = Some(std::fs::File::from(hand_wr));
+        fork_with(libc::CLONE_NEWPID as u64, None, || {
+            become_init(plan, setup, chans, hand_rd)
+        })
+    } else {
+        fork_with_pid(root.pid as i32, || {
+            become_process(plan, root, setup, chans, parent)
+        })
+    };
     match forked {
-        Ok(_) => {}
+        Ok(p) => tree.child = p,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             tree.live = false;
             return Err(Error::PidTaken(root.pid as i32));
@@ -375,19 +416,24 @@ pub fn fork_tree(
         Err(e) => {
             tree.live = false;
             return Err(Error::Sys {
-                what: format!("clone3 with set_tid {}", root.pid),
+                what: format!("clone3 for pid {}", root.pid),
                 err: e,
             });
         }
+    }
+    if !plan.new_pid_ns {
+        tree.pids.retain(|&p| p != tree.child);
     }
     let live = plan
         .entries
         .iter()
         .filter(|e| !plan.zombies.contains_key(&e.pid))
         .count();
-    // Our copies of the channel ends are gone with the closure's move; only
-    // the children hold the report pipe's write end now.
+    // The parent's copies of the channel ends went with the closure; only
+    // the restored processes hold the report pipe's write end now.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while tree.ready.len() < live {
+        wait_readable(&report_rd, tree.child, deadline, root.pid as i32)?;
         let mut rec = [0u8; RECORD];
         match read_full(&mut report_rd, &mut rec) {
             Ok(true) => {}
@@ -409,9 +455,172 @@ pub fn fork_tree(
                 what: String::from_utf8_lossy(&msg).into_owned(),
             });
         }
-        tree.ready.push((pid, a, b));
+        tree.ready.push(Ready {
+            pid,
+            outer: pid,
+            report_fd: a,
+            hold_fd: b,
+        });
+    }
+    if plan.new_pid_ns {
+        let map = ns_pids(tree.child)?;
+        for r in &mut tree.ready {
+            r.outer = *map.get(&r.pid).ok_or_else(|| Error::Restore {
+                pid: r.pid,
+                what: "cannot be found from outside its pid namespace".into(),
+            })?;
+        }
+        tree.pids = tree.ready.iter().map(|r| r.outer).collect();
     }
     Ok(tree)
+}
+
+/// Wait until the report pipe has data, failing if crust's child died or
+/// the deadline passed.
+fn wait_readable(
+    rd: &std::fs::File,
+    child: i32,
+    deadline: std::time::Instant,
+    root: i32,
+) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(rd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                return Err(Error::Sys {
+                    what: "waiting for the restored tree".into(),
+                    err: e.into(),
+                })
+            }
+        }
+        if let Ok(Some(ev)) = ptrace::try_wait(child) {
+            return Err(Error::Restore {
+                pid: root,
+                what: format!("the restored tree died while it was being created ({ev:?})"),
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Restore {
+                pid: root,
+                what: "the restored tree did not get ready within 60 s".into(),
+            });
+        }
+    }
+}
+
+/// Every task in the pid namespace of `init` (as crust sees it): its pid
+/// inside the namespace, mapped to crust's view.
+pub fn ns_pids(init: i32) -> Result<HashMap<i32, i32>> {
+    let ns = std::fs::read_link(format!("/proc/{init}/ns/pid"))
+        .ctx(|| format!("reading /proc/{init}/ns/pid"))?;
+    let mut map = HashMap::new();
+    for p in procfs::list_pids().ctx(|| "listing /proc".into())? {
+        if std::fs::read_link(format!("/proc/{p}/ns/pid"))
+            .ok()
+            .as_ref()
+            != Some(&ns)
+        {
+            continue;
+        }
+        for t in procfs::list_tids(p).unwrap_or_default() {
+            if let Ok(st) = procfs::read_task_status(p, t) {
+                if let Some(&inner) = st.ns_pid.last() {
+                    map.insert(inner, t);
+                }
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// Runs in a forked copy of crust that is the init of a new pid namespace:
+/// mounts a /proc of that namespace, forks the tree's root, closes
+/// everything crust's, and reaps orphans until the root is gone; exits
+/// with the root's status.
+fn become_init(
+    plan: &ForkPlan,
+    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    chans: (OwnedFd, OwnedFd),
+    mut handover: std::fs::File,
+) -> i32 {
+    use nix::mount::{mount, MsFlags};
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::SIGKILL);
+    let root = &plan.entries[0];
+    let mut report = std::fs::File::from(chans.0.try_clone().expect("dup of the report pipe"));
+    let fail = |report: &mut std::fs::File, msg: String| -> i32 {
+        let mut rec = Vec::new();
+        rec.extend((root.pid as i32).to_ne_bytes());
+        rec.extend((-1i32).to_ne_bytes());
+        rec.extend((msg.len() as i32).to_ne_bytes());
+        rec.extend(msg.as_bytes());
+        let _ = report.write_all(&rec);
+        2
+    };
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+        return fail(
+            &mut report,
+            format!("unshare(CLONE_NEWNS) for the new pid namespace: {e}"),
+        );
+    }
+    let none: Option<&str> = None;
+    let _ = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none);
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    ) {
+        return fail(
+            &mut report,
+            format!("mounting /proc in the new pid namespace: {e}"),
+        );
+    }
+    let forked = fork_with_pid(root.pid as i32, || {
+        become_process(plan, root, setup, chans, 1)
+    });
+    let rootpid = match forked {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(
+                &mut report,
+                format!("clone3 with set_tid {}: {e}", root.pid),
+            )
+        }
+    };
+    drop(report);
+    // Hold nothing of crust's.
+    use std::os::fd::AsRawFd;
+    let keep = handover.as_raw_fd();
+    for fd in procfs::list_fds(1).unwrap_or_default() {
+        if fd != keep {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+    // Die with crust until the tree is handed over, then outlive it.
+    let mut b = [0u8; 1];
+    match handover.read(&mut b) {
+        Ok(1) => {
+            let _ = nix::sys::prctl::set_pdeathsig(None);
+        }
+        _ => return 1,
+    }
+    drop(handover);
+    let mut code = 0;
+    loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(p, c)) if p.as_raw() == rootpid => code = c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p.as_raw() == rootpid => {
+                code = 128 + s as i32
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return code,
+        }
+    }
 }
 
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<bool> {
@@ -544,6 +753,7 @@ fn become_zombie(me: &pb::PstreeEntry, status: u32) -> i32 {
     ((status >> 8) & 0xff) as i32
 }
 
+/// A close-on-exec pipe: (read end as a File, write end).
 fn pipe() -> Result<(std::fs::File, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe2".into())?;
     Ok((std::fs::File::from(r), w))

@@ -348,6 +348,7 @@ fn reg_file(id: u32, name: &str) -> pb::RegFileEntry {
         // A crust extension: crit ignores it, so it would not survive the
         // crit decode + encode round trip this sample goes through.
         crust_mtime_ns: None,
+        crust_ghost_id: None,
     }
 }
 

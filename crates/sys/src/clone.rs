@@ -27,17 +27,34 @@ struct CloneArgs {
 /// copied. Returns the child's pid in the parent. EEXIST means `pid` is
 /// taken.
 pub fn fork_with_pid<F: FnOnce() -> i32>(pid: pid_t, child: F) -> io::Result<pid_t> {
+    fork_with(0, Some(pid), child)
+}
+
+/// Fork a child with extra clone `flags` (such as CLONE_NEWPID) and, when
+/// `pid` is given, that pid in the innermost pid namespace; the child runs
+/// `child` and exits with the code it returns. Same rules as
+/// [`fork_with_pid`].
+pub fn fork_with<F: FnOnce() -> i32>(
+    flags: u64,
+    pid: Option<pid_t>,
+    child: F,
+) -> io::Result<pid_t> {
     let threads = std::fs::read_dir("/proc/self/task")?.count();
     if threads != 1 {
         return Err(io::Error::other(format!(
             "fork_with_pid needs a single-threaded caller, this process has {threads} threads"
         )));
     }
-    let tids = [pid as u64];
+    let tids = [pid.unwrap_or(0) as u64];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: if pid.is_some() {
+            tids.as_ptr() as u64
+        } else {
+            0
+        },
+        set_tid_size: pid.is_some() as u64,
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM behaves as fork: the child gets a copy

@@ -3,9 +3,11 @@
 //! dumps an fd into a `file_entry` and opens it again at restore; this
 //! module holds the table and the registry of kinds.
 
+pub mod ghost;
 mod pipe;
 mod reg;
 
+pub use ghost::DEFAULT_GHOST_LIMIT;
 pub use reg::check_unchanged;
 
 use std::collections::HashMap;
@@ -68,10 +70,21 @@ pub trait FileKind: Sync {
 }
 
 /// Options that change how fds are dumped and restored.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct FdOptions {
     /// --shell-job: terminals on stdio are the shell's.
     pub shell_job: bool,
+    /// --ghost-limit: the largest deleted file dumped as a ghost file, bytes.
+    pub ghost_limit: u64,
+}
+
+impl Default for FdOptions {
+    fn default() -> Self {
+        FdOptions {
+            shell_job: false,
+            ghost_limit: DEFAULT_GHOST_LIMIT,
+        }
+    }
 }
 
 /// Every kind of file crust handles.
@@ -85,6 +98,8 @@ pub struct DumpCtx<'a> {
     pub dir: &'a ImageDir,
     /// State of the pipe module.
     pub pipes: pipe::DumpState,
+    /// Deleted files dumped as ghost files.
+    pub ghosts: ghost::DumpState,
 }
 
 impl<'a> DumpCtx<'a> {
@@ -94,12 +109,14 @@ impl<'a> DumpCtx<'a> {
             opts,
             dir,
             pipes: pipe::DumpState::default(),
+            ghosts: ghost::DumpState::default(),
         }
     }
 
     /// Write the images the kinds of files collected (pipe data ...).
     pub fn finish(self) -> Result<()> {
-        pipe::finish_dump(self.pipes, self.dir)
+        pipe::finish_dump(self.pipes, self.dir)?;
+        ghost::finish_dump(self.ghosts, self.dir)
     }
 }
 
@@ -112,6 +129,9 @@ pub struct OpenCtx<'a> {
     pub dir: &'a ImageDir,
     /// State of the pipe module.
     pub pipes: pipe::OpenState,
+    /// Deleted files recreated for the restore; their paths are unlinked by
+    /// [`ghost::OpenState::unlink_all`], or when this is dropped.
+    pub ghosts: ghost::OpenState,
 }
 
 /// The files.img being built during a dump: ids and entries, and one

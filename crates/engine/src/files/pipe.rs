@@ -708,6 +708,7 @@ mod tests {
             opts: FdOptions::default(),
             dir: &dir,
             pipes: OpenState::default(),
+            ghosts: Default::default(),
         };
         let nr = Pipe.open(&er, &mut octx).unwrap();
         let nw = Pipe.open(&ew, &mut octx).unwrap();
@@ -871,6 +872,7 @@ mod tests {
             opts: FdOptions::default(),
             dir: &dir,
             pipes: OpenState::default(),
+            ghosts: Default::default(),
         };
         let m = Pipe.open(&e, &mut octx).err().unwrap().to_string();
         assert!(m.contains("files.img") && m.contains("9"), "{m}");
@@ -927,6 +929,7 @@ mod tests {
             opts: FdOptions::default(),
             dir: &dir,
             pipes: OpenState::default(),
+            ghosts: Default::default(),
         };
         octx.pipes.set_reg_entries(&regs);
         let nw = Pipe.open(&crius, &mut octx).unwrap();

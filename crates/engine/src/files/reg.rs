@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 
 use crust_image::pb;
 
-use super::{fd_type, DumpCtx, FileKind, OpenCtx, OpenFd};
+use super::{fd_type, ghost, DumpCtx, FileKind, OpenCtx, OpenFd};
 use crate::error::{Context, Error, Result};
 
 /// Memory devices (major 1) crust reopens by path.
@@ -82,6 +82,10 @@ pub struct RegularFile;
 impl FileKind for RegularFile {
     fn claims(&self, f: &OpenFd, _: &DumpCtx) -> bool {
         let fmt = f.stat.st_mode & libc::S_IFMT;
+        // Deleted: a ghost file (refused at dump if above --ghost-limit).
+        if ghost::is_ghost(f) {
+            return true;
+        }
         if f.link.ends_with(" (deleted)") || !f.link.starts_with('/') {
             return false;
         }
@@ -92,7 +96,10 @@ impl FileKind for RegularFile {
         }
     }
 
-    fn dump(&self, f: &OpenFd, id: u32, _: &mut DumpCtx) -> Result<pb::FileEntry> {
+    fn dump(&self, f: &OpenFd, id: u32, ctx: &mut DumpCtx) -> Result<pb::FileEntry> {
+        if ghost::is_ghost(f) {
+            return ghost::dump(f, id, ctx);
+        }
         let md = std::fs::metadata(&f.link)
             .ctx(|| format!("stat of {} (fd {} of {})", f.link, f.fd, f.pid))?;
         if md.ino() != f.stat.st_ino || md.dev() != f.stat.st_dev {
@@ -119,6 +126,10 @@ impl FileKind for RegularFile {
             && is_tty_path(&r.name)
         {
             return ShellTerminal.open(e, ctx);
+        }
+        if let Some(g) = r.crust_ghost_id {
+            let dir = ctx.dir;
+            return ctx.ghosts.open(r, g, dir);
         }
         check_unchanged(r)?;
         open_reg(r)
