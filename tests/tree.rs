@@ -263,6 +263,58 @@ fn assert_restored_like(tree: &[Entry], before: &BTreeMap<i32, Stat>, root: i32)
     }
 }
 
+// ------------------------------------------------------------ decoding
+
+/// The decoder `crit show` runs, for every image of `dir` in one Python
+/// process (a tree's hundreds of images take minutes as one `crit` run
+/// each): `pycriu.images.load(f, pretty=True)` and `json.dumps`, exactly as
+/// `crit show` does. Falls back to [`assert_images_decode`] without pycriu.
+const DECODE_ALL: &str = r#"
+import sys, os, json
+import pycriu.images
+d = sys.argv[1]
+bad = []
+n = 0
+for name in sorted(os.listdir(d)):
+    if not name.endswith(".img") or name.startswith("pages-"):
+        continue
+    n += 1
+    try:
+        with open(os.path.join(d, name), "rb") as f:
+            json.dumps(pycriu.images.load(f, True, False))
+    except BaseException as e:
+        bad.append("%s: %s: %s" % (name, type(e).__name__, e))
+print("decoded %d images" % n)
+for b in bad:
+    print("FAIL " + b)
+sys.exit(1 if bad or n == 0 else 0)
+"#;
+
+fn assert_images_decode_fast(dir: &Path) {
+    let py = Path::new("/usr/bin/python3");
+    let has_pycriu = py.is_file()
+        && Command::new(py)
+            .args(["-c", "import pycriu.images"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !has_pycriu {
+        assert_images_decode(dir);
+        return;
+    }
+    let o = Command::new(py)
+        .args(["-c", DECODE_ALL, s(dir)])
+        .output()
+        .expect("run python3");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "crit's decoder (pycriu) fails on images of {}:\n{out}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("pycriu: {}", out.trim());
+}
+
 // ------------------------------------------------------------- the flow
 
 /// Dump the tree of `w` (default: kill), check the images against the live
@@ -286,7 +338,7 @@ fn tree_dump_restore_check(w: &mut Workload, expect_processes: usize) -> Vec<Ent
     assert_pstree_matches(&tree, &before, w.pid);
     w.reap_original();
     wait_tree_free(&tree);
-    assert_images_decode(&dir);
+    assert_images_decode_fast(&dir);
     let pidfile = w.scratch.join("restore.pid");
     let t0 = Instant::now();
     restore(w, &dir, &["-d", "--pidfile", s(&pidfile)]).ok();
@@ -370,7 +422,10 @@ fn threads_200() {
 #[test]
 fn cow() {
     let _k = KillDescendants;
-    tree_dump_restore_check(&mut Workload::start("cow", &[]), 2);
+    let mut w = Workload::start("cow", &[]);
+    tree_dump_restore_check(&mut w, 2);
+    // For information: is the memory still COW-shared after restore?
+    eprintln!("--- wl-cow log ---\n{}", w.log_text());
 }
 
 #[test]
@@ -482,6 +537,38 @@ fn restore_while_original_runs() {
     w.terminate_and_check();
 }
 
+/// Run a restore that is expected to fail while a thread watches which of
+/// the tree's pids appear meanwhile: tells whether it failed before making
+/// any process or in the middle of the tree.
+fn restore_watching(w: &Workload, dir: &Path, tree: &[Entry]) -> (CrustRun, BTreeSet<i32>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let ids: Vec<i32> = tree.iter().map(|e| e.pid).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut seen = BTreeSet::new();
+        while !stop2.load(Ordering::SeqCst) {
+            for &p in &ids {
+                if Path::new(&format!("/proc/{p}")).exists() {
+                    seen.insert(p);
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        seen
+    });
+    let r = restore(w, dir, &["-d"]);
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.join().unwrap();
+    eprintln!(
+        "during the failed restore {} of the tree's {} pids appeared: {seen:?}",
+        seen.len(),
+        tree.len()
+    );
+    (r, seen)
+}
+
 /// Make a process with the given pid (clone3 with set_tid) that pauses
 /// until killed. Returns its pid.
 fn take_pid(pid: i32) -> i32 {
@@ -534,7 +621,7 @@ fn take_pid(pid: i32) -> i32 {
 /// the tree's other pids exists afterwards, the squatter is untouched; once
 /// the pid is free again the same images restore fine.
 #[test]
-fn restore_pid_taken_mid_tree() {
+fn restore_child_pid_taken() {
     let _k = KillDescendants;
     let mut w = Workload::start("tree", &SMALL_ARGS);
     let dir = w.images_dir("img");
@@ -547,11 +634,16 @@ fn restore_pid_taken_mid_tree() {
     assert_ne!(victim, w.pid);
     let squatter = take_pid(victim);
     let sq_start = stat(squatter).unwrap().start;
-    let r = restore(&w, &dir, &["-d"]).fails();
+    let (r, _) = restore_watching(&w, &dir, &tree);
+    let r = r.fails();
     assert!(
         r.stderr.contains(&victim.to_string()),
         "the error does not name the taken pid {victim}:\n{}",
         r.describe()
+    );
+    eprintln!(
+        "--- restore.log ---\n{}",
+        fs::read_to_string(w.scratch.join("restore.log")).unwrap_or_default()
     );
     let others: Vec<Entry> = tree.iter().filter(|e| e.pid != victim).cloned().collect();
     assert_tree_gone(&others, "after a restore failed on a taken pid");
@@ -575,7 +667,7 @@ fn restore_pid_taken_mid_tree() {
 /// The mm image of one non-root process (the last one made) is truncated:
 /// restore exits 1 naming it, and none of the tree's pids exists afterwards.
 #[test]
-fn restore_fails_mid_tree_leaves_nothing() {
+fn restore_child_mm_truncated_leaves_nothing() {
     let _k = KillDescendants;
     let mut w = Workload::start("tree", &SMALL_ARGS);
     let dir = w.images_dir("img");
@@ -587,22 +679,134 @@ fn restore_fails_mid_tree_leaves_nothing() {
     let mm = dir.join(format!("mm-{victim}.img"));
     assert!(mm.is_file(), "no {}", mm.display());
     corrupt(&mm, Corruption::Half);
-    let r = restore(&w, &dir, &["-d"]).fails();
+    let (r, _) = restore_watching(&w, &dir, &tree);
+    let r = r.fails();
     assert!(
         r.stderr.contains(&format!("mm-{victim}")) || r.stderr.contains(&victim.to_string()),
         "the error names neither mm-{victim}.img nor pid {victim}:\n{}",
         r.describe()
     );
     assert_tree_gone(&tree, "after a restore failed on a truncated mm image");
-    // Was it really in the middle? (informational: from the restore log)
-    let log = fs::read_to_string(w.scratch.join("restore.log")).unwrap_or_default();
     eprintln!(
-        "restore.log: {} lines, {} mention clone/fork",
-        log.lines().count(),
-        log.lines()
-            .filter(|l| l.contains("clone") || l.contains("fork"))
-            .count()
+        "--- restore.log ---\n{}",
+        fs::read_to_string(w.scratch.join("restore.log")).unwrap_or_default()
     );
+}
+
+/// The file behind the last leaf's private file mapping is gone (every
+/// image is fine). Restore exits 1 naming the file or the pid, and none of
+/// the tree's pids exists afterwards. (crust checks files before it makes
+/// any process: for a failure in the middle see
+/// `restore_pid_taken_during_restore`.)
+#[test]
+fn restore_child_mapped_file_gone() {
+    let _k = KillDescendants;
+    let mut w = Workload::start("tree", &[SMALL_ARGS[0], SMALL_ARGS[1], "map"]);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &[]).ok();
+    let tree = pstree(&dir);
+    w.reap_original();
+    wait_tree_free(&tree);
+    let (victim, file) = fs::read_dir(w.scratch.path())
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let pid: i32 = n.strip_prefix("tree-map-")?.parse().ok()?;
+            Some((pid, e.path()))
+        })
+        .expect("no tree-map-PID file");
+    assert!(tree.iter().any(|e| e.pid == victim) && victim != w.pid);
+    fs::remove_file(&file).unwrap();
+    let (r, seen) = restore_watching(&w, &dir, &tree);
+    let r = r.fails();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert!(
+        r.stderr.contains(name) || r.stderr.contains(&victim.to_string()),
+        "the error names neither {name} nor pid {victim}:\n{}",
+        r.describe()
+    );
+    assert_tree_gone(&tree, "after a restore failed on a missing mapped file");
+    eprintln!("processes made before the failure: {seen:?}");
+}
+
+/// A pid of the tree is taken after crust began to rebuild it: crust is
+/// stopped (SIGSTOP) as soon as the root exists, the last process's pid is
+/// taken, crust continued. It must fail naming the pid and kill everything
+/// it made. (If crust had already made the last process when it was
+/// stopped, the race is lost: the restore then simply has to succeed.)
+#[test]
+fn restore_pid_taken_during_restore() {
+    let _k = KillDescendants;
+    let mut w = Workload::start("tree", &TREE_ARGS);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &[]).ok();
+    let tree = pstree(&dir);
+    w.reap_original();
+    wait_tree_free(&tree);
+    let victim = tree.last().unwrap().pid;
+    let out = w.scratch.join("restore.out");
+    let mut child = crust_spawn(&["restore", "-D", s(&dir), "-d"], &out);
+    let crust_pid = child.id() as i32;
+    let root_proc = format!("/proc/{}", w.pid);
+    let t0 = Instant::now();
+    while !Path::new(&root_proc).exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "crust restore ended ({st}) before the root appeared:\n{}",
+                fs::read_to_string(&out).unwrap_or_default()
+            );
+        }
+        assert!(t0.elapsed() < CRUST_TIMEOUT, "the root never appeared");
+        std::hint::spin_loop();
+    }
+    unsafe { libc::kill(crust_pid, libc::SIGSTOP) };
+    let made: Vec<i32> = tree
+        .iter()
+        .map(|e| e.pid)
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    eprintln!(
+        "crust stopped with {} of {} processes made",
+        made.len(),
+        tree.len()
+    );
+    if made.contains(&victim) {
+        eprintln!("race lost: pid {victim} was made already; the restore must just succeed");
+        unsafe { libc::kill(crust_pid, libc::SIGCONT) };
+        let st = wait_child(&mut child, CRUST_TIMEOUT);
+        assert!(
+            st.success(),
+            "crust restore failed ({st}):\n{}",
+            fs::read_to_string(&out).unwrap_or_default()
+        );
+        w.mark_restored();
+        for e in &tree {
+            wait_restored(e.pid, Duration::from_secs(10));
+        }
+        w.terminate_and_check();
+        return;
+    }
+    let squatter = take_pid(victim);
+    let sq_start = stat(squatter).unwrap().start;
+    unsafe { libc::kill(crust_pid, libc::SIGCONT) };
+    let st = wait_child(&mut child, CRUST_TIMEOUT);
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    eprintln!("crust restore -> {st}\n{text}");
+    assert_eq!(st.code(), Some(1), "crust restore did not exit 1:\n{text}");
+    assert!(
+        text.contains(&victim.to_string()),
+        "the error does not name the taken pid {victim}:\n{text}"
+    );
+    let others: Vec<Entry> = tree.iter().filter(|e| e.pid != victim).cloned().collect();
+    assert_tree_gone(&others, "after a restore failed on a pid taken meanwhile");
+    assert_eq!(
+        stat(squatter).map(|s| s.start),
+        Some(sq_start),
+        "the process holding pid {victim} was touched"
+    );
+    unsafe { libc::kill(squatter, libc::SIGKILL) };
+    wait_pid_free(squatter, Duration::from_secs(5));
 }
 
 /// crit decodes every image of a tree with zombies and of a threaded
@@ -622,7 +826,7 @@ fn crit_decodes_tree_images() {
         let mut w = Workload::start(name, args);
         let dir = w.images_dir("img");
         dump(&w, &dir, &["-R"]).ok();
-        assert_images_decode(&dir);
+        assert_images_decode_fast(&dir);
         let o = Command::new(&crit)
             .args(["show", s(&dir.join("pstree.img"))])
             .output()
@@ -630,6 +834,30 @@ fn crit_decodes_tree_images() {
         assert!(o.status.success());
         let by_crit = parse_pstree(&o.stdout, "crit show pstree.img");
         let by_crust = pstree(&dir);
+        // And the crit binary itself on a sample: the images without a pid
+        // and those of the first and last process and of the last thread.
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        let first = &by_crust[0];
+        let last = by_crust.last().unwrap();
+        for id in [
+            first.pid,
+            last.pid,
+            *first.threads.last().unwrap_or(&first.pid),
+        ] {
+            keep.insert(format!("-{id}.img"));
+        }
+        let sample = w.scratch.subdir("sample");
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let numbered = n
+                .strip_suffix(".img")
+                .and_then(|b| b.rsplit_once('-'))
+                .is_some_and(|(_, id)| id.parse::<u64>().is_ok());
+            if !numbered || keep.iter().any(|k| n.ends_with(k.as_str())) {
+                fs::copy(e.path(), sample.join(&n)).unwrap();
+            }
+        }
+        assert_images_decode(&sample);
         let fmt = |v: &[Entry]| format!("{v:?}");
         assert_eq!(
             fmt(&by_crit),

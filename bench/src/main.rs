@@ -1,7 +1,8 @@
 //! crust-bench: this machine's memory limits, and crust measured against them.
 //!
 //! ```text
-//! cargo run --release -p crust-bench -- [--size-mib 1024] [--runs 3]
+//! cargo run --release -p crust-bench -- [--scenario mem|tree|threads|all]
+//!     [--size-mib 1024] [--runs 3]
 //!     [--dir /dev/shm/crust-bench] [--limits-only] [--keep]
 //!     [--crust PATH] [--target PATH]
 //! ```
@@ -21,7 +22,11 @@
 //! rusage that wait4 returns for it; frozen time from `crust show
 //! stats-dump.img`.
 //!
-//! Output: a table, then one JSON line (starting with `{"crust_bench"`).
+//! Parts 1 and 2 are scenario `mem`. Scenarios `tree` (100 processes of
+//! 8 MiB in one session) and `threads` (one process of 200 threads) are in
+//! `scenarios.rs`; `--scenario` picks one or `all` (the default).
+//!
+//! Output: a table per scenario, then one JSON line (starting with `{"crust_bench"`).
 //! Exit status: 0 if every run restored a target that verified its pattern,
 //! 1 otherwise (or on any error).
 
@@ -33,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod scenarios;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -57,7 +64,25 @@ const CRIU_RESTORE_S_PER_GIB: &str = "1.1-1.35";
 
 // ------------------------------------------------------------------ options
 
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Scenario {
+    Mem,
+    Tree,
+    Threads,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Mem => "mem",
+            Scenario::Tree => "tree",
+            Scenario::Threads => "threads",
+        }
+    }
+}
+
 struct Opts {
+    scenarios: Vec<Scenario>,
     size_mib: usize,
     runs: usize,
     dir: PathBuf,
@@ -67,11 +92,13 @@ struct Opts {
     target: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: crust-bench [--size-mib N (1024)] [--runs N (3)] \
+const USAGE: &str = "usage: crust-bench [--scenario mem|tree|threads|all (all)] \
+[--size-mib N (1024, mem only)] [--runs N (3)] \
 [--dir DIR (/dev/shm/crust-bench)] [--limits-only] [--keep] [--crust PATH] [--target PATH]";
 
 fn parse_opts() -> Result<Opts> {
     let mut o = Opts {
+        scenarios: vec![Scenario::Mem, Scenario::Tree, Scenario::Threads],
         size_mib: 1024,
         runs: 3,
         dir: PathBuf::from("/dev/shm/crust-bench"),
@@ -103,6 +130,15 @@ fn parse_opts() -> Result<Opts> {
                 o.runs = value()?
                     .parse()
                     .map_err(|_| format!("--runs: not a number\n{USAGE}"))?
+            }
+            "--scenario" => {
+                o.scenarios = match value()?.as_str() {
+                    "mem" => vec![Scenario::Mem],
+                    "tree" => vec![Scenario::Tree],
+                    "threads" => vec![Scenario::Threads],
+                    "all" => vec![Scenario::Mem, Scenario::Tree, Scenario::Threads],
+                    v => return Err(format!("--scenario: unknown scenario {v}\n{USAGE}")),
+                }
             }
             "--dir" => o.dir = value()?.into(),
             "--crust" => o.crust = Some(value()?.into()),
@@ -465,6 +501,21 @@ fn fresh_dir(dir: &Path) -> Result<()> {
 }
 
 fn start_target(bin: &Path, size_mib: usize, dir: &Path) -> Result<Target> {
+    let args: Vec<std::ffi::OsString> = vec![
+        "--size-mib".into(),
+        size_mib.to_string().into(),
+        "--pidfile".into(),
+        dir.join("target.pid").into(),
+        "--info".into(),
+        dir.join("target.info").into(),
+    ];
+    spawn_target(bin, &args, dir)
+}
+
+/// Starts `bin ARGS` in `dir`, in a session of its own, output to
+/// `dir/target.log`, and waits until it writes its pid to `dir/target.pid`
+/// (which ARGS must name).
+fn spawn_target(bin: &Path, args: &[std::ffi::OsString], dir: &Path) -> Result<Target> {
     let pidfile = dir.join("target.pid");
     let log_path = dir.join("target.log");
     let log = OpenOptions::new()
@@ -475,12 +526,7 @@ fn start_target(bin: &Path, size_mib: usize, dir: &Path) -> Result<Target> {
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
-    cmd.arg("--size-mib")
-        .arg(size_mib.to_string())
-        .arg("--pidfile")
-        .arg(&pidfile)
-        .arg("--info")
-        .arg(dir.join("target.info"))
+    cmd.args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log)
@@ -1264,63 +1310,61 @@ fn cargo_build(with_crust: bool) -> Result<()> {
     Ok(())
 }
 
-fn find_bins(o: &Opts) -> Result<(PathBuf, Option<PathBuf>)> {
-    let find = |given: &Option<PathBuf>, name: &str| given.clone().or_else(|| sibling(name));
-    let need_crust = !o.limits_only;
-    let mut target = find(&o.target, "bench-target");
-    let mut crust = find(&o.crust, "crust");
-    if target.is_none() || (need_crust && crust.is_none()) {
-        cargo_build(need_crust && crust.is_none())?;
-        target = find(&o.target, "bench-target");
-        crust = find(&o.crust, "crust");
-    }
-    let target = target.ok_or("bench-target not found next to crust-bench (use --target)")?;
-    if !need_crust {
-        return Ok((target, None));
-    }
-    if crust.is_none() {
-        return Err("crust not found next to crust-bench (use --crust)".into());
-    }
-    Ok((target, crust))
+/// The binaries the bench runs.
+struct Bins {
+    target: PathBuf,
+    tree: PathBuf,
+    threads: PathBuf,
+    crust: Option<PathBuf>,
 }
 
-fn run() -> Result<bool> {
-    let o = parse_opts()?;
-    let (target_bin, crust) = find_bins(&o)?;
-    fs::create_dir_all(&o.dir).map_err(|e| format!("mkdir {}: {e}", o.dir.display()))?;
-    // Restored targets are reparented to us when the restoring crust exits.
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(format!("PR_SET_CHILD_SUBREAPER: {}", errno()));
+fn find_bins(o: &Opts) -> Result<Bins> {
+    let need_crust = !o.limits_only;
+    let look = || {
+        (
+            o.target.clone().or_else(|| sibling("bench-target")),
+            sibling("bench-tree-target"),
+            sibling("bench-threads-target"),
+            o.crust.clone().or_else(|| sibling("crust")),
+        )
+    };
+    let (mut target, mut tree, mut threads, mut crust) = look();
+    if target.is_none() || tree.is_none() || threads.is_none() || (need_crust && crust.is_none()) {
+        cargo_build(need_crust && crust.is_none())?;
+        (target, tree, threads, crust) = look();
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && !o.limits_only {
-        eprintln!("crust-bench: warning: not root; crust needs CAP_SYS_ADMIN and CAP_SYS_PTRACE");
+    let missing = |name: &str| format!("{name} not found next to crust-bench");
+    let bins = Bins {
+        target: target.ok_or("bench-target not found next to crust-bench (use --target)")?,
+        tree: tree.ok_or_else(|| missing("bench-tree-target"))?,
+        threads: threads.ok_or_else(|| missing("bench-threads-target"))?,
+        crust: if need_crust { crust } else { None },
+    };
+    if need_crust && bins.crust.is_none() {
+        return Err("crust not found next to crust-bench (use --crust)".into());
     }
-    println!(
-        "crust-bench: kernel {}, THP {}, {} CPUs, dir {}, target {}",
-        kernel(),
-        thp_mode(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        o.dir.display(),
-        target_bin.display()
-    );
+    Ok(bins)
+}
 
-    let limits = measure_limits(&o, &target_bin)?;
-    print_limits(&o, &limits);
+/// Scenario `mem`: the limits, then dump and restore of one SIZE MiB target.
+/// Returns the limits' JSON, the crust results' JSON and the first error.
+fn run_mem(o: &Opts, bins: &Bins) -> Result<(Value, Option<Value>, Option<String>)> {
+    let target_bin = &bins.target;
+    let limits = measure_limits(o, target_bin)?;
+    print_limits(o, &limits);
 
     let mut results = Vec::new();
     let mut error = None;
-    if let Some(crust) = &crust {
+    if let Some(crust) = &bins.crust {
         println!();
-        println!("crust: {}", crust.display());
+        println!("== scenario mem: crust {} ==", crust.display());
         for i in 0..=o.runs {
             let name = if i == 0 {
                 "warmup".to_string()
             } else {
                 format!("run-{i}")
             };
-            match crust_cycle(&o, crust, &target_bin, &name) {
+            match crust_cycle(o, crust, target_bin, &name) {
                 Ok(r) => {
                     println!(
                         "  {name:<7} dump {:.3} s, frozen {} s, restore {:.3} s, RSS {:.1}/{:.1} MiB, image {:.1} MiB: {}",
@@ -1345,19 +1389,83 @@ fn run() -> Result<bool> {
         }
         reap_strays();
         if !results.is_empty() {
-            print_crust(&o, &limits, &results);
+            print_crust(o, &limits, &results);
         }
     }
+    let crust_json = bins.crust.as_ref().map(|_| crust_json(o, &results));
+    Ok((limits_json(o, &limits), crust_json, error))
+}
 
-    let ok = error.is_none();
+fn run() -> Result<bool> {
+    let o = parse_opts()?;
+    let bins = find_bins(&o)?;
+    fs::create_dir_all(&o.dir).map_err(|e| format!("mkdir {}: {e}", o.dir.display()))?;
+    // Restored targets are reparented to us when the restoring crust exits.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!("PR_SET_CHILD_SUBREAPER: {}", errno()));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 && !o.limits_only {
+        eprintln!("crust-bench: warning: not root; crust needs CAP_SYS_ADMIN and CAP_SYS_PTRACE");
+    }
+    let names: Vec<&str> = o.scenarios.iter().map(|s| s.name()).collect();
+    println!(
+        "crust-bench: kernel {}, THP {}, {} CPUs, dir {}, scenario(s) {}",
+        kernel(),
+        thp_mode(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.dir.display(),
+        names.join(",")
+    );
+
+    let mut errors = serde_json::Map::new();
+    let mut limits = Value::Null;
+    let mut mem = Value::Null;
+    let mut others = serde_json::Map::new();
+    for &sc in &o.scenarios {
+        let err = match sc {
+            Scenario::Mem => {
+                println!("mem target: {}", bins.target.display());
+                let (l, c, e) = run_mem(&o, &bins)?;
+                limits = l;
+                mem = c.unwrap_or(Value::Null);
+                e
+            }
+            Scenario::Tree | Scenario::Threads => {
+                let Some(crust) = &bins.crust else { continue };
+                let bin = if sc == Scenario::Tree {
+                    &bins.tree
+                } else {
+                    &bins.threads
+                };
+                let (v, e) = scenarios::run_scenario(&o, crust, sc, bin)?;
+                others.insert(sc.name().into(), v);
+                e
+            }
+        };
+        if let Some(e) = err {
+            errors.insert(sc.name().into(), json!(e));
+        }
+        reap_strays();
+    }
+
+    let ok = errors.is_empty();
+    let first_error = o
+        .scenarios
+        .iter()
+        .find_map(|s| errors.get(s.name()).cloned());
     let line = json!({
         "crust_bench": {
+            "scenarios": names,
             "size_mib": o.size_mib,
             "runs": o.runs,
             "kernel": kernel(),
             "thp": thp_mode(),
-            "limits": limits_json(&o, &limits),
-            "crust": crust.as_ref().map(|_| crust_json(&o, &results)),
+            "limits": limits,
+            "crust": mem,
+            "tree": others.get("tree"),
+            "threads": others.get("threads"),
             "targets": {
                 "frozen_s_per_gib": TARGET_FROZEN_S_PER_GIB,
                 "restore_s_per_gib": TARGET_RESTORE_S_PER_GIB,
@@ -1366,7 +1474,8 @@ fn run() -> Result<bool> {
                 "criu_4_2_restore_s_per_gib": CRIU_RESTORE_S_PER_GIB,
             },
             "ok": ok,
-            "error": error,
+            "error": first_error,
+            "errors": errors,
         }
     });
     println!();

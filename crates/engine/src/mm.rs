@@ -502,28 +502,37 @@ fn is_special(v: &pb::VmaEntry) -> bool {
     v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0
 }
 
+/// Lowest address a task can map (the usual vm.mmap_min_addr).
+const MMAP_FLOOR: u64 = 0x10000;
+/// End of the x86_64 user address space (4-level paging).
+const TASK_TOP: u64 = 0x7fff_ffff_f000;
+
 /// Unmap every mapping the restored child inherited from crust except the
 /// vdso area, then move the vdso area to its dumped place.
 pub fn clear_and_move_vdso(r: &mut Remote, mm: &pb::MmEntry, file: &str) -> Result<()> {
     let pid = r.pid();
     let current = procfs::read_maps(pid)?;
-    for v in &current {
-        if matches!(
-            v.path,
-            VmaPath::Vdso | VmaPath::Vvar | VmaPath::VvarVclock | VmaPath::Vsyscall
-        ) {
-            continue;
-        }
-        r.call(
-            "munmap of an inherited mapping",
-            libc::SYS_munmap,
-            [v.start, v.end - v.start, 0, 0, 0, 0],
-        )?;
-    }
     let now: Vec<&Vma> = current
         .iter()
         .filter(|v| matches!(v.path, VmaPath::Vdso | VmaPath::Vvar | VmaPath::VvarVclock))
         .collect();
+    let contiguous = now.windows(2).all(|w| w[0].end == w[1].start);
+    if now.is_empty() || !contiguous {
+        return Err(Error::Kernel(format!(
+            "a contiguous [vvar]..[vdso] area in pid {pid}"
+        )));
+    }
+    // Everything below and above the vdso area goes, in two calls.
+    let (lo, hi) = (now[0].start, now.last().unwrap().end);
+    for (start, end) in [(MMAP_FLOOR, lo), (hi, TASK_TOP)] {
+        if end > start {
+            r.call(
+                "munmap of the inherited mappings",
+                libc::SYS_munmap,
+                [start, end - start, 0, 0, 0, 0],
+            )?;
+        }
+    }
     let want: Vec<&pb::VmaEntry> = mm
         .vmas
         .iter()
@@ -542,30 +551,37 @@ pub fn clear_and_move_vdso(r: &mut Remote, mm: &pb::MmEntry, file: &str) -> Resu
     if now.iter().zip(&want).all(|(n, w)| n.start == w.start) {
         return Ok(());
     }
-    // Park the area where neither the old nor the new place is, then move it
-    // into place, so that no step overlaps another.
-    let lo = now[0].start.min(want[0].start);
-    let hi = now.last().unwrap().end.max(want.last().unwrap().end);
-    let span = now.last().unwrap().end - now[0].start;
-    let park = if lo > span + (1 << 30) {
-        lo - span - (1 << 28)
-    } else {
-        hi + (1 << 28)
-    };
     let moves: Vec<(u64, u64, u64)> = now
         .iter()
         .zip(&want)
         .map(|(n, w)| (n.start, n.end - n.start, w.start))
         .collect();
+    let span = hi - lo;
+    let (new_lo, new_hi) = (want[0].start, want[0].start + span);
+    if new_hi <= lo || new_lo >= hi {
+        // The places do not overlap: move each part straight there.
+        for &(old, len, new) in &moves {
+            mremap(r, old, len, new)?;
+            r.moved(old, len, new);
+        }
+        return Ok(());
+    }
+    // Park the area where neither the old nor the new place is, then move it
+    // into place, so that no step overlaps another.
+    let park = if lo.min(new_lo) > span + (1 << 30) {
+        lo.min(new_lo) - span - (1 << 28)
+    } else {
+        hi.max(new_hi) + (1 << 28)
+    };
     for &(old, len, _) in &moves {
-        let tmp = park + (old - now[0].start);
+        let tmp = park + (old - lo);
         mremap(r, old, len, tmp)?;
-        r.refresh_ip()?;
+        r.moved(old, len, tmp);
     }
     for &(old, len, new) in &moves {
-        let tmp = park + (old - now[0].start);
+        let tmp = park + (old - lo);
         mremap(r, tmp, len, new)?;
-        r.refresh_ip()?;
+        r.moved(tmp, len, new);
     }
     Ok(())
 }
@@ -734,6 +750,8 @@ pub fn map_and_fill(
 
 /// Size of a transparent huge page.
 const HPAGE: u64 = 2 << 20;
+/// Smallest run of full extents worth a MADV_COLLAPSE.
+const COLLAPSE_MIN: u64 = 64 << 20;
 /// `MADV_COLLAPSE` (newer than Debian 12's libc crate may know).
 const MADV_COLLAPSE: u64 = 25;
 
@@ -775,6 +793,18 @@ fn collapse_full_extents(
         })
     };
     extents.retain(|&(e, _)| eligible(e));
+    // Runs of adjacent extents; each MADV_COLLAPSE call has a fixed cost of
+    // milliseconds (it drains the LRU caches of every CPU), measured here to
+    // outweigh the gain below a few dozen huge pages.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &(e, _) in &extents {
+        match runs.last_mut() {
+            Some(r) if r.1 == e => r.1 += HPAGE,
+            _ => runs.push((e, e + HPAGE)),
+        }
+    }
+    runs.retain(|&(s, e)| e - s >= COLLAPSE_MIN);
+    extents.retain(|&(e, _)| runs.iter().any(|&(s, end)| s <= e && e < end));
     if extents.is_empty() {
         return Ok(());
     }
@@ -793,16 +823,7 @@ fn collapse_full_extents(
         .collect();
     vm::write_ranges(r.pid(), &ranges, &first)
         .ctx(|| format!("writing the memory of pid {}", r.pid()))?;
-    // One madvise per run of adjacent extents.
-    let mut i = 0;
-    while i < extents.len() {
-        let start = extents[i].0;
-        let mut end = start + HPAGE;
-        i += 1;
-        while i < extents.len() && extents[i].0 == end {
-            end += HPAGE;
-            i += 1;
-        }
+    for (start, end) in runs {
         let res = r.raw(
             "madvise(MADV_COLLAPSE)",
             libc::SYS_madvise,

@@ -52,11 +52,13 @@ impl Remote {
         self.pid
     }
 
-    /// Look up the vdso again and execute there (after it moved).
-    pub fn refresh_ip(&mut self) -> Result<()> {
-        let ip = vdso_syscall_ip(self.pid)?;
-        self.sc.set_ip(ip);
-        Ok(())
+    /// The range `[old, old + len)` moved to `new`: if the syscall
+    /// instruction crust executes at was in it, follow it.
+    pub fn moved(&mut self, old: u64, len: u64, new: u64) {
+        let ip = self.sc.ip();
+        if (old..old + len).contains(&ip) {
+            self.sc.set_ip(ip - old + new);
+        }
     }
 
     /// Run syscall `nr`; `what` names it in errors.

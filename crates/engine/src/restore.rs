@@ -411,7 +411,7 @@ fn transform(
             ptrace::set_sigmask(*tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
             task::set_thread_sched(*tid, parts.th)?;
         }
-        let res = task::restore_late(&sib, &parts);
+        let res = task::restore_late(&sib, &parts, i > 0);
         sib.forget_scratch();
         res?;
     }

@@ -39,7 +39,9 @@ pub fn dump(r: &Remote) -> Result<Vec<pb::SaEntry>> {
     Ok(out)
 }
 
-/// Set every sigaction of a restored task (scratch area mapped).
+/// Set every sigaction of a restored task (scratch area mapped). The task
+/// was forked from crust, so it has crust's actions: only those that differ
+/// are set.
 pub fn restore(r: &Remote, actions: &[pb::SaEntry], file: &str) -> Result<()> {
     if actions.len() > NSIG as usize {
         return Err(Error::BadImage {
@@ -52,10 +54,11 @@ pub fn restore(r: &Remote, actions: &[pb::SaEntry], file: &str) -> Result<()> {
         if !settable(sig) {
             continue;
         }
-        let k: Vec<u8> = [a.sigaction, a.flags, a.restorer, a.mask]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let want = [a.sigaction, a.flags, a.restorer, a.mask];
+        if crust_sys::clone::own_sigaction(sig as i32).ok() == Some(want) {
+            continue;
+        }
+        let k: Vec<u8> = want.iter().flat_map(|v| v.to_le_bytes()).collect();
         let p = r.put(0, &k)?;
         r.call(
             &format!("rt_sigaction({sig})"),

@@ -574,8 +574,10 @@ pub fn unregister_rseq(r: &Remote) -> Result<()> {
 
 /// Restore what only the task can set itself: clear_child_tid, robust list,
 /// sigaltstack, rseq, personality, comm, parent-death signal, dumpable and
-/// plain credentials (last). The scratch area must be mapped.
-pub fn restore_late(r: &Remote, p: &CoreParts) -> Result<()> {
+/// plain credentials (last). The scratch area must be mapped. A thread
+/// crust just created (`new_thread`) starts without an alternate stack or
+/// parent-death signal, so those are only set when the dump had them.
+pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool) -> Result<()> {
     r.call(
         "set_tid_address",
         libc::SYS_set_tid_address,
@@ -586,7 +588,11 @@ pub fn restore_late(r: &Remote, p: &CoreParts) -> Result<()> {
         libc::SYS_set_robust_list,
         [p.th.futex_rla, p.th.futex_rla_len as u64, 0, 0, 0, 0],
     )?;
-    if let Some(sas) = &p.th.sas {
+    let sas =
+        p.th.sas
+            .as_ref()
+            .filter(|s| !new_thread || s.ss_flags & libc::SS_DISABLE as u32 == 0);
+    if let Some(sas) = sas {
         let mut st = Vec::with_capacity(24);
         st.extend(sas.ss_sp.to_ne_bytes());
         st.extend((sas.ss_flags & !(libc::SS_ONSTACK as u32)).to_ne_bytes());

@@ -105,3 +105,23 @@ pub fn set_default_action(sig: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The calling process's own action for signal `sig` as the kernel keeps
+/// it: (handler, flags, restorer, mask), as rt_sigaction shows it.
+pub fn own_sigaction(sig: i32) -> io::Result<[u64; 4]> {
+    let mut k = [0u64; 4];
+    // SAFETY: rt_sigaction writes a kernel sigaction (32 bytes) into k.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            std::ptr::null::<u64>(),
+            k.as_mut_ptr(),
+            8usize,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(k)
+}

@@ -97,6 +97,11 @@ pub fn resume_syscall(tid: pid_t, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
 }
 
+/// `PTRACE_SINGLESTEP`: resume for one instruction.
+pub fn single_step(tid: pid_t, sig: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize).map(drop)
+}
+
 /// `PTRACE_CONT`.
 pub fn resume(tid: pid_t, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)

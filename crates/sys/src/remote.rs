@@ -79,8 +79,9 @@ impl RemoteSyscaller {
         regs.r8 = args[4];
         regs.r9 = args[5];
         ptrace::set_regs(self.tid, &regs)?;
-        self.step_to_syscall_stop()?; // entry
-        self.step_to_syscall_stop()?; // exit
+        // Single-step over the syscall instruction: one stop, after the
+        // syscall returned, instead of an entry and an exit stop.
+        self.step_over()?;
         let after = ptrace::get_regs(self.tid)?;
         Ok(after.rax as i64)
     }
@@ -94,16 +95,21 @@ impl RemoteSyscaller {
         Ok(r as u64)
     }
 
-    fn step_to_syscall_stop(&self) -> io::Result<()> {
-        ptrace::resume_syscall(self.tid, 0)?;
+    fn step_over(&self) -> io::Result<()> {
+        ptrace::single_step(self.tid, 0)?;
         loop {
             match ptrace::wait(self.tid)? {
-                WaitEvent::Stopped { sig, .. } if sig == SYSCALL_STOP => return Ok(()),
+                WaitEvent::Stopped { sig, event: 0 }
+                    if sig == libc::SIGTRAP || sig == SYSCALL_STOP =>
+                {
+                    return Ok(())
+                }
                 WaitEvent::Stopped { .. } => {
-                    // A stop that is not ours (a group stop, or a signal
-                    // crust could not block such as SIGSTOP): swallow it and
-                    // go on; the caller blocked every other signal.
-                    ptrace::resume_syscall(self.tid, 0)?;
+                    // A stop that is not ours (a ptrace event such as the
+                    // clone of a new thread, a group stop, or a signal crust
+                    // could not block such as SIGSTOP): swallow it and go
+                    // on; the caller blocked every other signal.
+                    ptrace::single_step(self.tid, 0)?;
                 }
                 WaitEvent::Exited(code) => {
                     return Err(io::Error::other(format!(

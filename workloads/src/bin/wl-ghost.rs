@@ -16,7 +16,7 @@ const NAME: &str = "ghost.dat";
 const RW_POS: i64 = 123;
 
 fn byte(i: usize) -> u8 {
-    (mix64((i / 8) as u64 ^ 0x6768_6f73_74) >> (8 * (i % 8))) as u8
+    (mix64((i / 8) as u64 ^ 0x0067_686f_7374) >> (8 * (i % 8))) as u8
 }
 
 fn pattern(n: usize) -> Vec<u8> {

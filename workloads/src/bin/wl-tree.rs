@@ -12,6 +12,10 @@
 //! own group (setpgid(0,0)), and so does every level-2 child with index 1
 //! (inside the new session too, a group of a session led by another). Everyone else stays in its parent's group.
 //!
+//! With a third argument `map`, the last leaf (the last process forked)
+//! also maps a 64 KiB file `tree-map-<pid>` (in OUTFILE's dir) privately
+//! and read-only, and checks its content after restore.
+//!
 //! Each child writes `tree-ready-<pid>` (in OUTFILE's dir) once it is set
 //! up; the root, once all are there, knows every descendant's pid and says
 //! ready. On SIGTERM the root sends SIGTERM to every descendant; each
@@ -48,6 +52,39 @@ struct Node {
     dir: PathBuf,
     widths: Vec<usize>,
     root_pat: Vec<u64>,
+    /// `map`: the last leaf maps a file (see the module doc).
+    map_file: bool,
+}
+
+const MAP_LEN: usize = 64 * 1024;
+
+/// The last leaf's private, read-only mapping of `tree-map-<pid>`.
+fn map_leaf_file(dir: &Path, pid: i32) -> *const u8 {
+    let path = dir.join(format!("tree-map-{pid}"));
+    let data = alloc_pattern(map_seed(pid));
+    let bytes: Vec<u8> = data.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    if std::fs::write(&path, bytes).is_err() {
+        die("write map file");
+    }
+    let f = std::fs::File::open(&path).unwrap_or_else(|_| die("open map file"));
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            MAP_LEN,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        die("mmap map file");
+    }
+    p as *const u8
+}
+
+fn map_seed(pid: i32) -> u64 {
+    0x3a9f_0000_0000_0000 ^ pid as u64
 }
 
 fn seed_of(pid: i32) -> u64 {
@@ -61,7 +98,7 @@ fn alloc_pattern(seed: u64) -> Vec<u64> {
 }
 
 /// Fork the children of a node at `level` (0 = root); returns their pids.
-fn fork_children(node: &Node, level: usize, in_new_session: bool) -> Vec<i32> {
+fn fork_children(node: &Node, level: usize, in_new_session: bool, last_path: bool) -> Vec<i32> {
     let mut kids = Vec::new();
     if level >= node.widths.len() {
         return kids;
@@ -72,14 +109,21 @@ fn fork_children(node: &Node, level: usize, in_new_session: bool) -> Vec<i32> {
             die(&format!("fork: {}", std::io::Error::last_os_error()));
         }
         if pid == 0 {
-            child_main(node, level + 1, idx, in_new_session);
+            let last = last_path && idx + 1 == node.widths[level];
+            child_main(node, level + 1, idx, in_new_session, last);
         }
         kids.push(pid);
     }
     kids
 }
 
-fn child_main(node: &Node, level: usize, idx: usize, parent_in_new_session: bool) -> ! {
+fn child_main(
+    node: &Node,
+    level: usize,
+    idx: usize,
+    parent_in_new_session: bool,
+    last_path: bool,
+) -> ! {
     let mut in_new_session = parent_in_new_session;
     unsafe {
         if level == 1 && idx == 0 {
@@ -93,7 +137,9 @@ fn child_main(node: &Node, level: usize, idx: usize, parent_in_new_session: bool
     }
     let me = ids();
     let own = alloc_pattern(seed_of(me.pid));
-    let kids = fork_children(node, level, in_new_session);
+    let kids = fork_children(node, level, in_new_session, last_path);
+    let mapped =
+        (node.map_file && last_path && kids.is_empty()).then(|| map_leaf_file(&node.dir, me.pid));
     let ready = node.dir.join(format!("tree-ready-{}", me.pid));
     let text = format!(
         "{} {} {} {} level {level} idx {idx}\n",
@@ -123,6 +169,11 @@ fn child_main(node: &Node, level: usize, idx: usize, parent_in_new_session: bool
         unsafe { check_pattern(node.root_pat.as_ptr() as *const u8, PATTERN, ROOT_SEED) }
     {
         c.fail(format!("inherited root pattern differs at offset {off}"));
+    }
+    if let Some(m) = mapped {
+        if let Err(off) = unsafe { check_pattern(m, MAP_LEN, map_seed(me.pid)) } {
+            c.fail(format!("file mapping differs at offset {off}"));
+        }
     }
     reap_children(&kids, &mut c);
     let text = match c.into_result() {
@@ -197,8 +248,8 @@ fn read_ready(dir: &Path) -> Vec<(i32, String)> {
 
 fn main() {
     let p = workloads::init();
-    if p.args.len() != 2 {
-        die("usage: wl-tree PIDFILE OUTFILE DEPTH WIDTH[,WIDTH...]");
+    if p.args.len() != 2 && !(p.args.len() == 3 && p.args[2] == "map") {
+        die("usage: wl-tree PIDFILE OUTFILE DEPTH WIDTH[,WIDTH...] [map]");
     }
     let depth: usize = p.args[0].parse().unwrap_or_else(|_| die("bad DEPTH"));
     let widths = parse_widths(depth, &p.args[1]);
@@ -216,10 +267,11 @@ fn main() {
         dir: dir.clone(),
         widths,
         root_pat: alloc_pattern(ROOT_SEED),
+        map_file: p.args.len() == 3,
     };
     let me = ids();
     let own = alloc_pattern(seed_of(me.pid));
-    let kids = fork_children(&node, 0, false);
+    let kids = fork_children(&node, 0, false, true);
     let t0 = std::time::Instant::now();
     let descendants = loop {
         let r = read_ready(&dir);
