@@ -126,7 +126,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
 
         let fs_entry = fs::dump(pid, &status, &mut files)?;
         let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
-        let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files)?;
+        let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files, &mut ctx)?;
         shmem.add(pid, &mm_dump.shmem_mappings());
         mm_dump.entry.dumpable = Some(facts[0].dumpable);
         let ids = pb::TaskKobjIdsEntry {

@@ -14,7 +14,7 @@ use crust_sys::procfs::{self, PagemapEntry, Stat, Vma, VmaPath};
 use crust_sys::vm::{self, RemoteRange};
 
 use crate::error::{Context, Error, Result};
-use crate::files::FileTable;
+use crate::files::{DumpCtx, FileTable};
 use crate::remote::{Remote, SCRATCH_LEN};
 
 /// Page size on x86_64.
@@ -175,7 +175,12 @@ fn madv_of(v: &Vma) -> u64 {
 }
 
 /// Classify one VMA: its image entry and which of its pages to dump.
-fn classify(pid: i32, v: &Vma, files: &mut FileTable) -> Result<(pb::VmaEntry, PageRule)> {
+fn classify(
+    pid: i32,
+    v: &Vma,
+    files: &mut FileTable,
+    ctx: &mut DumpCtx,
+) -> Result<(pb::VmaEntry, PageRule)> {
     let unsupported = |what: &str| Error::Unsupported {
         pid,
         what: format!("{what} at {:#x}-{:#x} (not supported yet)", v.start, v.end),
@@ -198,6 +203,7 @@ fn classify(pid: i32, v: &Vma, files: &mut FileTable) -> Result<(pb::VmaEntry, P
         fd: -1,
         madv: Some(madv_of(v)),
         fdflags: None,
+        crust_memfd: None,
     };
     let anon_flags = e.flags | libc::MAP_ANONYMOUS as u32;
     let rule = match &v.path {
@@ -224,18 +230,26 @@ fn classify(pid: i32, v: &Vma, files: &mut FileTable) -> Result<(pb::VmaEntry, P
             e.shmid = v.inode;
             PageRule::None
         }
+        VmaPath::File { path, deleted } if *deleted && v.shared && path.starts_with("/memfd:") => {
+            // A shared memfd mapping: a shmem object like shared anonymous
+            // memory, created again as a memfd of the same name.
+            e.status |= VMA_ANON_SHARED;
+            e.shmid = v.inode;
+            e.crust_memfd = Some(path.trim_start_matches("/memfd:").to_string());
+            PageRule::None
+        }
         VmaPath::File { path, deleted } => {
-            if *deleted {
-                return Err(unsupported(&format!(
-                    "a mapping of the deleted file {path}"
-                )));
-            }
-            if v.shared && v.inode != 0 && path.starts_with("/memfd:") {
-                return Err(unsupported("shared memfd memory"));
+            if path.starts_with("/memfd:") {
+                return Err(unsupported("private memfd memory"));
             }
             let write = v.vm_flags.has("mw") && v.shared;
             let flags = if write { libc::O_RDWR } else { libc::O_RDONLY } as u32;
-            let id = files.add_path(pid, path, flags, 0)?;
+            let id = if *deleted {
+                // Unlinked after it was mapped: kept as a ghost file.
+                files.add_deleted_mapping(pid, v.start, v.end, write, ctx)?
+            } else {
+                files.add_path(pid, path, flags, 0)?
+            };
             e.shmid = id as u64;
             if v.shared {
                 e.status |= VMA_FILE_SHARED;
@@ -284,14 +298,20 @@ fn keep(rule: PageRule, e: &PagemapEntry, zero_pfn: Option<u64>) -> bool {
 }
 
 /// Collect the memory layout and the pages to dump of a frozen task.
-pub fn collect(pid: i32, stat: &Stat, brk: u64, files: &mut FileTable) -> Result<MmDump> {
+pub fn collect(
+    pid: i32,
+    stat: &Stat,
+    brk: u64,
+    files: &mut FileTable,
+    ctx: &mut DumpCtx,
+) -> Result<MmDump> {
     let vmas = procfs::read_smaps(pid)?;
     let zero_pfn = crust_sys::mmap::zero_page_pfn();
     let mut entries = Vec::with_capacity(vmas.len());
     let mut runs: Vec<PageRun> = Vec::new();
     let mut unreadable = Vec::new();
     for v in &vmas {
-        let (e, rule) = classify(pid, v, files)?;
+        let (e, rule) = classify(pid, v, files, ctx)?;
         entries.push(e);
         if rule == PageRule::None {
             continue;
@@ -656,7 +676,23 @@ pub fn map_and_fill(
         let mut pgoff = v.pgoff;
         let mut close_after = false;
         if v.status & VMA_ANON_SHARED != 0 {
-            if let Some(path) = shmem.map_files_path(v)? {
+            let existing = shmem.map_files_path(v)?;
+            if let (None, Some(name)) = (&existing, &v.crust_memfd) {
+                // Create the memfd, sized to every mapping of it.
+                let p = r.put_path(0, name)?;
+                fd = r.call(
+                    &format!("memfd_create({name})"),
+                    libc::SYS_memfd_create,
+                    [p, 0, 0, 0, 0, 0],
+                )?;
+                r.call(
+                    "ftruncate of a memfd",
+                    libc::SYS_ftruncate,
+                    [fd, shmem.size_of(v.shmid), 0, 0, 0, 0],
+                )?;
+                flags &= !(libc::MAP_ANONYMOUS as u64);
+                close_after = true;
+            } else if let Some(path) = existing {
                 let p = r.put_path(0, &path)?;
                 let oflags = if v.prot & libc::PROT_WRITE as u32 != 0 || filled[i] {
                     libc::O_RDWR
@@ -670,7 +706,7 @@ pub fn map_and_fill(
                 )?;
                 flags &= !(libc::MAP_ANONYMOUS as u64);
                 close_after = true;
-            } else {
+            } else if v.crust_memfd.is_none() {
                 pgoff = 0;
             }
         } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {

@@ -160,7 +160,12 @@ fn load(dir: &ImageDir) -> Result<Plan> {
         mm::check_pagemap(&mm, &pagemap, pages.len(), &pagemap_name, &pages_name)?;
         for v in &mm.vmas {
             if v.status & (mm::VMA_FILE_PRIVATE | mm::VMA_FILE_SHARED) != 0 {
-                files::check_unchanged(reg(&files, v.shmid as u32, "mapped file")?)?;
+                let r = reg(&files, v.shmid as u32, "mapped file")?;
+                // A ghost file is recreated from the images; its path must
+                // not exist.
+                if r.crust_ghost_id.is_none() {
+                    files::check_unchanged(r)?;
+                }
             }
         }
         files::check_unchanged(reg(&files, mm.exe_file_id, "exe file")?)?;
@@ -220,7 +225,6 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             p.mm.vmas
                 .iter()
                 .filter(|v| v.status & mm::VMA_ANON_SHARED != 0)
-                .map(|v| v.shmid)
         }),
     )?;
     let fd_opts = FdOptions {
@@ -236,6 +240,16 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     octx.pipes.set_reg_entries(plan.files.values());
     let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
     octx.pipes.finish()?;
+    let mapped_ghosts = files::recreate_mapped_ghosts(
+        &plan.files,
+        plan.procs.values().flat_map(|p| {
+            p.mm.vmas
+                .iter()
+                .filter(|v| v.status & (mm::VMA_FILE_PRIVATE | mm::VMA_FILE_SHARED) != 0)
+                .map(|v| v.shmid as u32)
+        }),
+        &mut octx,
+    )?;
     let files_index: mm::FileIndex = plan
         .files
         .values()
@@ -269,7 +283,6 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     let restored = tree::fork_tree(&fork_plan, &setup)?;
     let forking_us = us(t_fork);
     drop(open);
-    drop(octx);
     for r in &restored.ready {
         tree::seize_restored(r.outer)?;
     }
@@ -283,6 +296,9 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             p.cores[0].1.tc.as_ref().map(|t| t.task_state),
         ));
     }
+    // Every process has mapped its ghost files: unlink them again.
+    drop(mapped_ghosts);
+    drop(octx);
     let pages_restored: u64 = plan
         .procs
         .values()

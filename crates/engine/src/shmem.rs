@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 
 use crust_image::{names, pb};
 use crust_sys::mmap::PageFile;
-use crust_sys::vm::{self, RemoteRange};
 
 use crate::error::{Context, Error, Result};
 use crate::images::ImageDir;
@@ -45,7 +44,12 @@ impl Dumper {
             let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
             let f = std::fs::File::open(&path).ctx(|| format!("opening {path}"))?;
             let size = f.metadata().ctx(|| format!("stat of {path}"))?.len();
-            if pgoff != 0 || end - start < size {
+            let memfd = std::fs::read_link(&path)
+                .map(|l| l.to_string_lossy().starts_with("/memfd:"))
+                .unwrap_or(false);
+            // A memfd is created again at its full size; anonymous shared
+            // memory only as large as the mapping that creates it.
+            if !memfd && (pgoff != 0 || end - start < size) {
                 return Err(Error::Unsupported {
                     pid,
                     what: format!(
@@ -113,6 +117,8 @@ fn data_ranges(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>>
 
 /// One shmem object of a restore.
 struct Object {
+    /// Bytes every mapping of it needs.
+    size: u64,
     pagemap: Vec<pb::PagemapEntry>,
     pages: PageFile,
     pages_name: String,
@@ -127,11 +133,17 @@ pub struct Restorer {
 }
 
 impl Restorer {
-    /// Read the images of the shmem objects `shmids`.
-    pub fn load(dir: &ImageDir, shmids: impl IntoIterator<Item = u64>) -> Result<Self> {
-        let mut objects = HashMap::new();
-        for id in shmids {
-            if objects.contains_key(&id) {
+    /// Read the images of the shmem objects that `vmas` map.
+    pub fn load<'a>(
+        dir: &ImageDir,
+        vmas: impl IntoIterator<Item = &'a pb::VmaEntry>,
+    ) -> Result<Self> {
+        let mut objects: HashMap<u64, Object> = HashMap::new();
+        for v in vmas {
+            let id = v.shmid;
+            let need = v.pgoff + (v.end - v.start);
+            if let Some(o) = objects.get_mut(&id) {
+                o.size = o.size.max(need);
                 continue;
             }
             let name = names::shmem_pagemap(id);
@@ -150,9 +162,15 @@ impl Restorer {
                     ),
                 });
             }
+            let data_end = pagemap
+                .iter()
+                .map(|p| p.vaddr + p.nr_pages as u64 * PAGE)
+                .max()
+                .unwrap_or(0);
             objects.insert(
                 id,
                 Object {
+                    size: need.max(data_end),
                     pagemap,
                     pages,
                     pages_name,
@@ -170,6 +188,11 @@ impl Restorer {
         })
     }
 
+    /// Bytes the object `shmid` must hold.
+    pub fn size_of(&self, shmid: u64) -> u64 {
+        self.objects.get(&shmid).map(|o| o.size).unwrap_or(0)
+    }
+
     /// Whether mapping `v` will create its object (and so be filled).
     pub fn will_create(&self, v: &pb::VmaEntry) -> bool {
         self.object(v).is_ok_and(|o| o.creator.is_none())
@@ -181,7 +204,7 @@ impl Restorer {
         let o = self.object(v)?;
         match o.creator {
             Some((pid, start, end)) => Ok(Some(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))),
-            None if v.pgoff == 0 => Ok(None),
+            None if v.pgoff == 0 || v.crust_memfd.is_some() => Ok(None),
             None => Err(Error::BadImage {
                 file: names::shmem_pagemap(v.shmid),
                 what: format!(
@@ -204,28 +227,32 @@ impl Restorer {
             return Ok(());
         }
         o.creator = Some((inner, v.start, v.end));
-        let len = v.end - v.start;
+        // Write the pages through the object's file (from crust's side of
+        // /proc), so that no mapping needs to be writable.
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {path}"))?;
         let mut off = 0u64;
         for p in &o.pagemap {
             let n = p.nr_pages as u64 * PAGE;
-            if p.vaddr % PAGE != 0 || p.vaddr + n > len {
+            if p.vaddr % PAGE != 0 || p.vaddr + n > o.size {
                 return Err(Error::BadImage {
                     file: names::shmem_pagemap(v.shmid),
                     what: format!(
-                        "pages at offset {:#x} lie outside the {len} byte object",
-                        p.vaddr
+                        "pages at offset {:#x} lie outside the {} byte object",
+                        p.vaddr, o.size
                     ),
                 });
             }
             let mut done = 0u64;
             while done < n {
                 let chunk = (n - done).min(CHUNK as u64) as usize;
-                let r = [RemoteRange {
-                    addr: v.start + p.vaddr + done,
-                    len: chunk,
-                }];
                 o.pages
-                    .read_window(off + done, chunk, |buf| vm::write_ranges(pid, &r, buf))
+                    .read_window(off + done, chunk, |buf| {
+                        file.write_all_at(buf, p.vaddr + done)
+                    })
                     .ctx(|| format!("mapping {}", o.pages_name))?
                     .ctx(|| format!("writing the shared memory of pid {pid}"))?;
                 done += chunk as u64;

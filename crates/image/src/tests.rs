@@ -264,6 +264,7 @@ fn vma(start: u64, end: u64, prot: u32, flags: u32, status: u32, fd: i64) -> pb:
         fd,
         madv: Some(0),
         fdflags: None,
+        crust_memfd: None,
     }
 }
 

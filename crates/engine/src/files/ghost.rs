@@ -534,15 +534,13 @@ mod tests {
     }
 
     /// An OpenFd of one of crust's own fds (a dup stands for the task's).
-    fn open_fd(fd: &impl AsRawFd) -> OpenFd {
+    fn open_fd(fd: &(impl AsRawFd + std::os::fd::AsFd)) -> OpenFd {
         let me = std::process::id() as i32;
         let raw = fd.as_raw_fd();
         OpenFd {
             pid: me,
             fd: raw,
-            file: nix::unistd::dup(raw)
-                .map(|d| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(d) })
-                .unwrap(),
+            file: fd.as_fd().try_clone_to_owned().unwrap(),
             link: std::fs::read_link(format!("/proc/self/fd/{raw}"))
                 .unwrap()
                 .to_string_lossy()

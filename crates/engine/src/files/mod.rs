@@ -142,6 +142,7 @@ pub struct FileTable {
     entries: Vec<pb::FileEntry>,
     by_path: HashMap<(String, u32), u32>,
     seen: Vec<(u32, OwnedFd, u64, u64)>,
+    ghost_maps: HashMap<(u64, u64, bool), u32>,
 }
 
 impl FileTable {
@@ -164,6 +165,65 @@ impl FileTable {
         let entry = reg::entry_for_path(pid, path, id, flags, pos)?;
         self.entries.push(entry);
         self.by_path.insert((path.to_string(), flags), id);
+        Ok(id)
+    }
+
+    /// The id of a mapped file that was deleted since it was mapped: its
+    /// contents are saved as a ghost file (within --ghost-limit), reached
+    /// through /proc/PID/map_files.
+    pub fn add_deleted_mapping(
+        &mut self,
+        pid: i32,
+        start: u64,
+        end: u64,
+        writable: bool,
+        ctx: &mut DumpCtx,
+    ) -> Result<u32> {
+        let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let file: OwnedFd = std::fs::File::open(&path)
+            .ctx(|| format!("opening {path}"))?
+            .into();
+        let stat = nix::sys::stat::fstat(file.as_raw_fd()).ctx(|| format!("fstat of {path}"))?;
+        if let Some(&id) = self.ghost_maps.get(&(stat.st_dev, stat.st_ino, writable)) {
+            return Ok(id);
+        }
+        let link = std::fs::read_link(&path)
+            .ctx(|| format!("reading {path}"))?
+            .to_string_lossy()
+            .into_owned();
+        let flags = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        } as u32;
+        let f = OpenFd {
+            pid,
+            fd: -1,
+            file,
+            link,
+            stat,
+            info: procfs::FdInfo {
+                pos: 0,
+                flags,
+                mnt_id: 0,
+                ino: None,
+                extra: Vec::new(),
+            },
+        };
+        if !ghost::is_ghost(&f) {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "a mapping at {start:#x}-{end:#x} of {}, which is not a deleted regular file (not supported yet)",
+                    f.link
+                ),
+            });
+        }
+        let id = self.next_id();
+        let entry = ghost::dump(&f, id, ctx)?;
+        self.entries.push(entry);
+        self.ghost_maps
+            .insert((stat.st_dev, stat.st_ino, writable), id);
         Ok(id)
     }
 
@@ -286,6 +346,29 @@ fn unsupported_kind(f: &OpenFd) -> String {
 /// file id.
 pub struct OpenFiles {
     files: HashMap<u32, OwnedFd>,
+}
+
+/// Recreate the ghost files that VMAs map (`ids`), so that the restored
+/// processes can map them by path; the returned fds keep them until the
+/// ghost state unlinks them again.
+pub fn recreate_mapped_ghosts(
+    files: &HashMap<u32, pb::FileEntry>,
+    ids: impl IntoIterator<Item = u32>,
+    ctx: &mut OpenCtx,
+) -> Result<Vec<OwnedFd>> {
+    let mut out = Vec::new();
+    let mut done = std::collections::HashSet::new();
+    for id in ids {
+        let Some(r) = files.get(&id).and_then(|f| f.reg.as_ref()) else {
+            continue;
+        };
+        if let Some(g) = r.crust_ghost_id {
+            if done.insert(id) {
+                out.push(ctx.ghosts.open(r, g, ctx.dir)?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Open every file of `files` that some fd table refers to.
