@@ -310,8 +310,9 @@ pub struct RestoredTree {
     /// Every live process, once it is ready.
     pub ready: Vec<Ready>,
     hold: Option<OwnedFd>,
-    /// Write end of the namespace init's handover pipe.
-    handover: Option<std::fs::File>,
+    /// Write end of the namespace init's handover pipe, and the read end of
+    /// its acknowledgement.
+    handover: Option<(std::fs::File, std::fs::File)>,
     live: bool,
 }
 
@@ -331,9 +332,12 @@ impl RestoredTree {
     pub fn handed_over(mut self) {
         self.live = false;
         self.hold.take();
-        if let Some(mut h) = self.handover.take() {
-            // The namespace's init may now outlive crust.
+        if let Some((mut h, mut ack)) = self.handover.take() {
+            // The namespace's init may now outlive crust: wait until it has
+            // cleared its parent-death signal, or crust's exit would kill it.
             let _ = h.write_all(b"g");
+            let mut b = [0u8; 1];
+            let _ = ack.read(&mut b);
         }
     }
 }
@@ -398,9 +402,10 @@ pub fn fork_tree(
     let chans = (report_wr, hold_rd);
     let forked = if plan.new_pid_ns {
         let (hand_rd, hand_wr) = pipe()?;
-        tree.handover = Some(std::fs::File::from(hand_wr));
+        let (ack_rd, ack_wr) = pipe()?;
+        tree.handover = Some((std::fs::File::from(hand_wr), ack_rd));
         fork_with(libc::CLONE_NEWPID as u64, None, || {
-            become_init(plan, setup, chans, hand_rd)
+            become_init(plan, setup, chans, (hand_rd, std::fs::File::from(ack_wr)))
         })
     } else {
         fork_with_pid(root.pid as i32, || {
@@ -545,8 +550,9 @@ fn become_init(
     plan: &ForkPlan,
     setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
     chans: (OwnedFd, OwnedFd),
-    mut handover: std::fs::File,
+    handover: (std::fs::File, std::fs::File),
 ) -> i32 {
+    let (mut handover, mut ack) = handover;
     use nix::mount::{mount, MsFlags};
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::SIGKILL);
     let root = &plan.entries[0];
@@ -595,9 +601,9 @@ fn become_init(
     drop(report);
     // Hold nothing of crust's.
     use std::os::fd::AsRawFd;
-    let keep = handover.as_raw_fd();
+    let keep = [handover.as_raw_fd(), ack.as_raw_fd()];
     for fd in procfs::list_fds(1).unwrap_or_default() {
-        if fd != keep {
+        if !keep.contains(&fd) {
             let _ = nix::unistd::close(fd);
         }
     }
@@ -606,10 +612,12 @@ fn become_init(
     match handover.read(&mut b) {
         Ok(1) => {
             let _ = nix::sys::prctl::set_pdeathsig(None);
+            let _ = ack.write_all(b"a");
         }
         _ => return 1,
     }
     drop(handover);
+    drop(ack);
     let mut code = 0;
     loop {
         match nix::sys::wait::waitpid(None, None) {
