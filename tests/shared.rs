@@ -187,3 +187,7 @@ fn new_pid_ns_while_the_original_runs() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The same kinds of state on the Rust workloads (workloads/src/bin).
+#[path = "shared_wl.rs"]
+mod wl;

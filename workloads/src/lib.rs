@@ -406,3 +406,113 @@ pub fn diff_lines(before: &str, after: &str) -> Option<String> {
 pub fn term_flag_ptr() -> *const u8 {
     TERM.as_ptr() as *const u8
 }
+
+// ------------------------------------------------ helpers for process families
+
+/// The directory of OUTFILE: the test's scratch dir, where a family of
+/// processes coordinates through files.
+pub fn scratch_dir(p: &Protocol) -> std::path::PathBuf {
+    std::path::Path::new(&p.outfile)
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf()
+}
+
+/// Wait until `path` exists (polling every 2 ms); false after `ms`.
+pub fn wait_file(path: &std::path::Path, ms: u64) -> bool {
+    let t0 = std::time::Instant::now();
+    while !path.exists() {
+        if t0.elapsed() > std::time::Duration::from_millis(ms) {
+            return false;
+        }
+        sleep_ms(2);
+    }
+    true
+}
+
+/// Create the (empty) file `dir/name`, atomically.
+pub fn touch(dir: &std::path::Path, name: &str) {
+    write_atomic(dir.join(name).to_str().unwrap(), b"");
+}
+
+/// A child's end: write `PASS` or `FAIL (child PID): ...` to
+/// `dir/CHILD-OUT-<pid>` and `_exit` 0 or 1.
+pub fn child_finish(dir: &std::path::Path, c: Checker) -> ! {
+    let me = raw_getpid();
+    let text = match c.into_result() {
+        Ok(()) => "PASS\n".to_string(),
+        Err(e) => format!("FAIL (child {me}): {e}\n"),
+    };
+    eprint!("child {me}: {text}");
+    let _ = std::fs::write(dir.join(format!("CHILD-OUT-{me}")), &text);
+    unsafe { libc::_exit(if text == "PASS\n" { 0 } else { 1 }) }
+}
+
+/// Reap `kid` (up to 10 s); a kid that exited non-zero, was killed or did
+/// not end is a failure, with what its CHILD-OUT file says.
+pub fn reap_child(dir: &std::path::Path, kid: i32, c: &mut Checker) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut st = 0;
+        let r = unsafe { libc::waitpid(kid, &mut st, libc::WNOHANG) };
+        if r == kid {
+            if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
+                let details = std::fs::read_to_string(dir.join(format!("CHILD-OUT-{kid}")))
+                    .unwrap_or_else(|e| format!("no CHILD-OUT-{kid}: {e}"));
+                c.fail(format!("child {kid} status {st:#x}: {}", details.trim()));
+            }
+            return;
+        }
+        if r < 0 {
+            c.fail(format!(
+                "waitpid({kid}): {}",
+                std::io::Error::last_os_error()
+            ));
+            return;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(10) {
+            c.fail(format!("child {kid} did not end within 10 s"));
+            return;
+        }
+        sleep_ms(2);
+    }
+}
+
+/// The /proc/self/maps line of the mapping that starts at `addr`.
+pub fn maps_line(addr: usize) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .find(|l| {
+            l.split('-')
+                .next()
+                .and_then(|a| usize::from_str_radix(a, 16).ok())
+                == Some(addr)
+        })
+        .map(str::to_string)
+}
+
+/// Check that the mapping at `addr` has permissions `perms` (like "rw-s"),
+/// ends at `addr + len` and names `path` (the whole rest of the line after
+/// the inode), recording failures under `who`.
+pub fn check_maps_line(
+    c: &mut Checker,
+    who: &str,
+    addr: usize,
+    len: usize,
+    perms: &str,
+    path: &str,
+) {
+    let Some(l) = maps_line(addr) else {
+        c.fail(format!(
+            "{who}: no mapping starts at {addr:#x} in /proc/self/maps"
+        ));
+        return;
+    };
+    let f: Vec<&str> = l.splitn(6, ' ').collect();
+    let range = format!("{addr:x}-{:x}", addr + len);
+    let name = f.get(5).map(|s| s.trim_start()).unwrap_or("");
+    c.check(
+        f.first() == Some(&range.as_str()) && f.get(1) == Some(&perms) && name == path,
+        || format!("{who}: maps line {l:?}, expected {range} {perms} ... {path}"),
+    );
+}

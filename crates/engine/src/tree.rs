@@ -216,11 +216,25 @@ impl Drop for FrozenTree {
     }
 }
 
+/// Whether thread `tid` is gone or a zombie.
+fn exited(tid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|c| c == 'Z' || c == 'X'),
+        Err(_) => true,
+    }
+}
+
 /// PTRACE_SEIZE and PTRACE_INTERRUPT one thread, and wait until it stops.
 /// Signals that arrive meanwhile are delivered, not lost.
 fn seize_one(tid: i32) -> Result<()> {
     ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD).map_err(|e| match e.raw_os_error() {
         Some(libc::ESRCH) => Error::NoSuchProcess(tid),
+        // A task that exited just now is refused with EPERM too: gone, not
+        // a permission problem.
+        Some(libc::EPERM) if exited(tid) => Error::NoSuchProcess(tid),
         Some(libc::EPERM) => Error::Privilege(format!(
             "permission to ptrace {tid} (CAP_SYS_PTRACE; is it traced already, by another dump?)"
         )),
