@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crust_tests::{become_subreaper, crust, crust_bin, pid_alive, wait_pid_free, Scratch};
+use crust_tests::{become_subreaper, crust, pid_alive, tree_pids, wait_pid_free, Scratch};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -95,21 +95,6 @@ impl Py {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// The pids of a dumped tree, from `crust show pstree.img`.
-fn tree_pids(dir: &Path) -> Vec<i32> {
-    let out = Command::new(crust_bin())
-        .args(["show", s(&dir.join("pstree.img"))])
-        .output()
-        .expect("crust show");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pstree json");
-    v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["pid"].as_i64().expect("pid") as i32)
-        .collect()
 }
 
 fn round_trip(tag: &str, name: &str, args: &[&str]) {

@@ -522,21 +522,6 @@ fn shell_loop_with_children() {
     wait_pid_free(pid, Duration::from_secs(10));
 }
 
-/// The pids of a dumped tree, from `crust show pstree.img`.
-fn tree_pids(dir: &Path) -> Vec<i32> {
-    let out = Command::new(crust_bin())
-        .args(["show", s(&dir.join("pstree.img"))])
-        .output()
-        .expect("crust show");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pstree json");
-    v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["pid"].as_i64().expect("pid") as i32)
-        .collect()
-}
-
 // ---------------------------------------------- repeated --leave-running
 
 #[test]

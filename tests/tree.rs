@@ -263,58 +263,6 @@ fn assert_restored_like(tree: &[Entry], before: &BTreeMap<i32, Stat>, root: i32)
     }
 }
 
-// ------------------------------------------------------------ decoding
-
-/// The decoder `crit show` runs, for every image of `dir` in one Python
-/// process (a tree's hundreds of images take minutes as one `crit` run
-/// each): `pycriu.images.load(f, pretty=True)` and `json.dumps`, exactly as
-/// `crit show` does. Falls back to [`assert_images_decode`] without pycriu.
-const DECODE_ALL: &str = r#"
-import sys, os, json
-import pycriu.images
-d = sys.argv[1]
-bad = []
-n = 0
-for name in sorted(os.listdir(d)):
-    if not name.endswith(".img") or name.startswith("pages-"):
-        continue
-    n += 1
-    try:
-        with open(os.path.join(d, name), "rb") as f:
-            json.dumps(pycriu.images.load(f, True, False))
-    except BaseException as e:
-        bad.append("%s: %s: %s" % (name, type(e).__name__, e))
-print("decoded %d images" % n)
-for b in bad:
-    print("FAIL " + b)
-sys.exit(1 if bad or n == 0 else 0)
-"#;
-
-fn assert_images_decode_fast(dir: &Path) {
-    let py = Path::new("/usr/bin/python3");
-    let has_pycriu = py.is_file()
-        && Command::new(py)
-            .args(["-c", "import pycriu.images"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !has_pycriu {
-        assert_images_decode(dir);
-        return;
-    }
-    let o = Command::new(py)
-        .args(["-c", DECODE_ALL, s(dir)])
-        .output()
-        .expect("run python3");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "crit's decoder (pycriu) fails on images of {}:\n{out}\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprintln!("pycriu: {}", out.trim());
-}
-
 // ------------------------------------------------------------- the flow
 
 /// Dump the tree of `w` (default: kill), check the images against the live
