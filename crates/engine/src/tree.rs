@@ -168,11 +168,6 @@ impl FrozenTree {
         })
     }
 
-    /// Every seized thread.
-    pub fn tids(&self) -> &[i32] {
-        &self.seized
-    }
-
     /// Let every task go.
     pub fn release(mut self, how: Release) -> Result<()> {
         self.released = true;

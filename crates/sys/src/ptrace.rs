@@ -77,11 +77,6 @@ pub fn interrupt(tid: pid_t) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
 }
 
-/// `PTRACE_TRACEME`, called by a child crust forked itself.
-pub fn traceme() -> io::Result<()> {
-    ptrace_raw(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
-}
-
 /// `PTRACE_SETOPTIONS`.
 pub fn set_options(tid: pid_t, options: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
@@ -90,11 +85,6 @@ pub fn set_options(tid: pid_t, options: i32) -> io::Result<()> {
 /// `PTRACE_DETACH`, delivering `sig` (0 for none).
 pub fn detach(tid: pid_t, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
-}
-
-/// `PTRACE_SYSCALL`: resume until the next syscall entry or exit.
-pub fn resume_syscall(tid: pid_t, sig: i32) -> io::Result<()> {
-    ptrace_raw(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
 }
 
 /// `PTRACE_SINGLESTEP`: resume for one instruction.
@@ -258,17 +248,4 @@ pub fn set_thread_area(tid: pid_t, idx: u32, desc: &UserDesc) -> io::Result<()> 
         desc as *const UserDesc as usize,
     )
     .map(drop)
-}
-
-/// `PTRACE_GETSIGINFO` of the current stop.
-pub fn get_siginfo(tid: pid_t) -> io::Result<libc::siginfo_t> {
-    // SAFETY: siginfo_t is plain old data.
-    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    ptrace_raw(
-        libc::PTRACE_GETSIGINFO,
-        tid,
-        0,
-        &mut si as *mut libc::siginfo_t as usize,
-    )?;
-    Ok(si)
 }

@@ -124,15 +124,6 @@ fn transfer(
     Ok(())
 }
 
-/// Write `data` at `addr` of process `pid` through /proc/PID/mem, which
-/// (unlike process_vm_writev) also writes into read-only private mappings.
-pub fn write_proc_mem(pid: pid_t, addr: u64, data: &[u8]) -> io::Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/mem"))?;
-    f.write_all_at(data, addr)
-}
-
 /// Read `buf.len()` bytes at `addr` of process `pid` through /proc/PID/mem.
 pub fn read_proc_mem(pid: pid_t, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     let f = OpenOptions::new()
