@@ -673,7 +673,13 @@ pub fn crust(args: &[&str]) -> CrustRun {
 /// Like [`crust`], with the command adjusted by `tweak` before it is
 /// spawned (e.g. a `pre_exec` that drops privileges).
 pub fn crust_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> CrustRun {
-    let o = crust_output_with(args, tweak);
+    crust_bin_with(&crust_bin(), args, tweak)
+}
+
+/// Like [`crust_with`], running the crust binary at `bin` (a copy made with
+/// [`copy_for_others`], to run it as another user).
+pub fn crust_bin_with(bin: &Path, args: &[&str], tweak: impl FnOnce(&mut Command)) -> CrustRun {
+    let o = crust_output_with(bin, args, tweak);
     let run = CrustRun {
         args: args.iter().map(|s| s.to_string()).collect(),
         status: o.status,
@@ -686,11 +692,11 @@ pub fn crust_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> CrustRun {
 
 /// Like [`crust`], returning the raw `Output`.
 pub fn crust_output(args: &[&str]) -> Output {
-    crust_output_with(args, |_| {})
+    crust_output_with(&crust_bin(), args, |_| {})
 }
 
-fn crust_output_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Output {
-    let mut cmd = Command::new(crust_bin());
+fn crust_output_with(bin: &Path, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(bin);
     tweak(&mut cmd);
     let mut child = cmd
         .args(args)
@@ -698,7 +704,7 @@ fn crust_output_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Output 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", crust_bin().display()));
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     let pid = child.id() as i32;
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -1014,4 +1020,17 @@ pub fn tree_pids(dir: &Path) -> Vec<i32> {
         .iter()
         .map(|e| e["pid"].as_i64().expect("pid") as i32)
         .collect()
+}
+
+/// A copy of `bin` inside `dir` (which is made enterable by everyone), for
+/// running it as another user: the build's target dir may sit in a folder
+/// only root can enter (a clone in a mktemp dir is 0700).
+pub fn copy_for_others(bin: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir).expect("stat dir").permissions().mode();
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o755)).expect("chmod dir");
+    let to = dir.join(bin.file_name().expect("binary name"));
+    fs::copy(bin, &to).expect("copy binary");
+    fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).expect("chmod binary");
+    to
 }

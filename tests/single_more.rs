@@ -245,8 +245,9 @@ fn status_ids(pid: i32) -> Vec<String> {
 fn unprivileged_task() {
     let scratch = Scratch::new("uid1000");
     fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = copy_for_others(&workload_bin("counter"), scratch.path());
     let mut w = Workload::start_with(scratch, "counter", |pidfile, outfile| {
-        let mut c = Command::new(workload_bin("counter"));
+        let mut c = Command::new(&bin);
         c.arg(pidfile).arg(outfile);
         unsafe { c.pre_exec(drop_to_1000(&[1000, 27])) };
         c
@@ -279,7 +280,9 @@ fn crust_not_root() {
     let mut w = Workload::start("counter", &[]);
     let dir = w.images_dir("img");
     let pid = w.pid.to_string();
-    crust_with(&["dump", "-t", &pid, "-D", s(&dir)], |c| unsafe {
+    let bin_dir = w.images_dir("bin");
+    let bin = copy_for_others(&crust_bin(), &bin_dir);
+    crust_bin_with(&bin, &["dump", "-t", &pid, "-D", s(&dir)], |c| unsafe {
         c.pre_exec(drop_to_1000(&[1000]));
     })
     .fails()
@@ -292,7 +295,7 @@ fn crust_not_root() {
     // Restore refuses too (and touches nothing).
     let dir2 = w.images_dir("img2");
     dump(&w, &dir2, &["-R"]).ok();
-    crust_with(&["restore", "-D", s(&dir2), "-d"], |c| unsafe {
+    crust_bin_with(&bin, &["restore", "-D", s(&dir2), "-d"], |c| unsafe {
         c.pre_exec(drop_to_1000(&[1000]));
     })
     .fails()
