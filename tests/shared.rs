@@ -173,6 +173,16 @@ fn new_pid_ns_while_the_original_runs() {
     }
 }
 
+#[test]
+fn sessions_and_groups_whose_leaders_exited() {
+    round_trip("sessions", "sessions.py", &[]);
+}
+
+#[test]
+fn daemon_whose_session_leader_exited() {
+    round_trip("daemon", "daemon.py", &[]);
+}
+
 /// The same kinds of state on the Rust workloads (workloads/src/bin).
 #[path = "shared_wl.rs"]
 mod wl;

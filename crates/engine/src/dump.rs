@@ -48,32 +48,20 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let freezing_us = us(t0);
     let t_frozen = Instant::now();
 
-    let in_tree: HashSet<i32> = frozen
+    let layout: Vec<pb::PstreeEntry> = frozen
         .procs
         .iter()
-        .map(|p| p.0.pid)
-        .chain(frozen.zombies.iter().map(|z| z.pid))
+        .enumerate()
+        .map(|(i, (st, tids))| crate::tree::pstree_entry(st, i == 0, tids))
+        .chain(
+            frozen
+                .zombies
+                .iter()
+                .map(|z| crate::tree::pstree_entry(z, false, &[z.pid])),
+        )
         .collect();
-    for (st, _) in &frozen.procs {
-        if !opts.shell_job && !in_tree.contains(&st.session) {
-            return Err(Error::Unsupported {
-                pid: st.pid,
-                what: format!(
-                    "a task whose session leader (sid {}) is outside the dumped tree without --shell-job (-j)",
-                    st.session
-                ),
-            });
-        }
-        if !opts.shell_job && !in_tree.contains(&st.pgrp) {
-            return Err(Error::Unsupported {
-                pid: st.pid,
-                what: format!(
-                    "a task whose process group {} has no member left in the dumped tree that leads it (not supported yet)",
-                    st.pgrp
-                ),
-            });
-        }
-    }
+    let zombie_pids: HashSet<u32> = frozen.zombies.iter().map(|z| z.pid as u32).collect();
+    crate::sessions::check_dump(&layout, &zombie_pids, opts.shell_job)?;
 
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,

@@ -13,6 +13,7 @@ pub mod images;
 pub mod mm;
 pub mod remote;
 mod restore;
+pub mod sessions;
 pub mod shmem;
 pub mod signal;
 pub mod task;
@@ -209,6 +210,7 @@ pub fn check() -> Result<Vec<String>> {
         }],
         zombies: Default::default(),
         new_pid_ns: false,
+        lineage: Default::default(),
     };
     let child = tree::fork_tree(&plan, &|_, _| Ok(()))
         .map_err(|e| Error::Kernel(format!("clone3 with set_tid ({e})")))?;

@@ -13,6 +13,7 @@ use crate::error::{Context, Error, Result};
 use crate::files::{FdOptions, OpenCtx};
 use crate::images::ImageDir;
 use crate::remote::Remote;
+use crate::sessions;
 use crate::tree::{self, ForkPlan};
 use crate::{files, fs, mm, signal, task, us, RestoreOptions, IMG_VERSION};
 
@@ -208,17 +209,14 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     let dir = ImageDir::new(&opts.images_dir);
     let plan = load(&dir)?;
     let pids: HashSet<u32> = plan.entries.iter().map(|e| e.pid).collect();
-    for e in &plan.entries {
-        if !opts.shell_job && !pids.contains(&e.sid) {
-            return Err(Error::Restore {
-                pid: e.pid as i32,
-                what: format!(
-                    "its session leader {} is not in the images; restore with --shell-job (-j)",
-                    e.sid
-                ),
-            });
-        }
-    }
+    let zombie_pids: HashSet<u32> = plan.zombies.keys().copied().collect();
+    let lineage = sessions::plan(&plan.entries, &zombie_pids, opts.shell_job)
+        .map_err(sessions::bad_layout)?;
+    let groups: HashSet<u32> = pids
+        .iter()
+        .copied()
+        .chain(lineage.helpers.iter().map(|h| h.pid))
+        .collect();
     let mut shmem = crate::shmem::Restorer::load(
         &dir,
         plan.procs.values().flat_map(|p| {
@@ -267,6 +265,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         entries: plan.entries.clone(),
         zombies: plan.zombies.clone(),
         new_pid_ns: opts.new_pid_ns,
+        lineage,
     };
     let t_fork = Instant::now();
     let setup = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
@@ -280,16 +279,39 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         task::apply_sched(main.th)?;
         Ok(())
     };
-    let restored = tree::fork_tree(&fork_plan, &setup)?;
+    let mut restored = tree::fork_tree(&fork_plan, &setup)?;
     let forking_us = us(t_fork);
     drop(open);
     for r in &restored.ready {
         tree::seize_restored(r.outer)?;
+        ptrace::set_sigmask(r.outer, u64::MAX)
+            .ctx(|| format!("blocking signals of {}", r.outer))?;
     }
+    // Every group exists now (helpers included): join them, then let the
+    // helpers go.
+    for r in &restored.ready {
+        let e = &plan.procs[&(r.pid as u32)].entry;
+        if e.pgid != e.pid && e.sid != e.pid && groups.contains(&e.pgid) {
+            let regs = ptrace::get_regs(r.outer).ctx(|| format!("registers of {}", r.outer))?;
+            Remote::new(r.outer, regs)?.call(
+                "setpgid",
+                libc::SYS_setpgid,
+                [0, e.pgid as u64, 0, 0, 0, 0],
+            )?;
+        }
+    }
+    let mut reaped = HashSet::new();
+    restored.release_helpers(&mut |parent, helpers| {
+        let regs = ptrace::get_regs(parent).ctx(|| format!("registers of {parent}"))?;
+        sessions::reap_in(&Remote::new(parent, regs)?, helpers)?;
+        reaped.insert(parent);
+        Ok(())
+    })?;
     let mut all_tids = Vec::new();
     for r in &restored.ready {
         let p = &plan.procs[&(r.pid as u32)];
-        let tids = transform(p, r, opts.new_pid_ns, &mut shmem, &files_index, &pids)?;
+        let drain = reaped.contains(&r.outer);
+        let tids = transform(p, r, opts.new_pid_ns, drain, &mut shmem, &files_index)?;
         all_tids.push((
             r.outer,
             tids,
@@ -349,21 +371,23 @@ fn transform(
     p: &ProcPlan,
     ready: &tree::Ready,
     new_pid_ns: bool,
+    drain_sigchld: bool,
     shmem: &mut crate::shmem::Restorer,
     files_index: &mm::FileIndex,
-    tree_pids: &HashSet<u32>,
 ) -> Result<Vec<i32>> {
     let pid = ready.outer;
     let (report_fd, hold_fd) = (ready.report_fd, ready.hold_fd);
     let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
     let mut r = Remote::new(pid, regs)?;
-    ptrace::set_sigmask(pid, u64::MAX).ctx(|| format!("blocking signals of {pid}"))?;
     for fd in [report_fd, hold_fd] {
         r.call("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
     }
     task::unregister_rseq(&r)?;
     mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name)?;
     r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
+    if drain_sigchld {
+        sessions::drain_sigchld(&r)?;
+    }
     mm::map_and_fill(
         &r,
         ready.pid,
@@ -378,11 +402,6 @@ fn transform(
     let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
     let tc = main.tc.expect("checked at load");
     signal::restore(&r, &tc.sigactions, &p.cores[0].2)?;
-    // A group whose leader was forked after this process.
-    let pgid = p.entry.pgid;
-    if pgid != p.entry.pid && p.entry.sid != p.entry.pid && tree_pids.contains(&pgid) {
-        r.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
-    }
     // The other threads, each with its own tid.
     let mut tids = vec![pid];
     for (tid, _, _) in p.cores.iter().skip(1) {

@@ -12,6 +12,7 @@ use crust_sys::procfs;
 use crust_sys::ptrace::{self, WaitEvent};
 
 use crate::error::{Context, Error, Result};
+use crate::sessions::{Helper, Lineage};
 
 /// `PTRACE_EVENT_STOP`.
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -295,6 +296,31 @@ pub struct ForkPlan {
     pub zombies: HashMap<u32, u32>,
     /// Restore inside a new pid namespace, under an init of crust's.
     pub new_pid_ns: bool,
+    /// Helpers for sessions and groups whose leaders exited, and who forks
+    /// whom (by default each process's parent).
+    pub lineage: Lineage,
+}
+
+impl ForkPlan {
+    /// The pid that forks `e` (0: crust or the namespace's init).
+    fn fork_parent(&self, e: &pb::PstreeEntry) -> u32 {
+        match self.lineage.fork_parent.get(&e.pid) {
+            Some(&p) => p,
+            None if e.pid == self.entries[0].pid => 0,
+            None => e.ppid,
+        }
+    }
+
+    /// The helper that crust (or the namespace's init) forks, if the root
+    /// is forked by one.
+    fn top_helper(&self) -> Option<&Helper> {
+        self.lineage.helpers.iter().find(|h| h.parent == 0)
+    }
+
+    /// Whether `pid` is a helper.
+    fn is_helper(&self, pid: u32) -> bool {
+        self.lineage.helpers.iter().any(|h| h.pid == pid)
+    }
 }
 
 /// A restored process waiting for crust.
@@ -318,6 +344,12 @@ pub struct RestoredTree {
     pids: Vec<i32>,
     /// Every live process, once it is ready.
     pub ready: Vec<Ready>,
+    /// Helpers, once they are ready: (pid in the images, pid as crust sees it).
+    helpers: Vec<(i32, i32)>,
+    /// The root's pid as crust sees it, when crust's child is a helper.
+    root_under_helper: Option<i32>,
+    /// crust's own subreaper flag to put back, if crust adopts the root.
+    own_subreaper: Option<bool>,
     hold: Option<OwnedFd>,
     /// Write end of the namespace init's handover pipe, and the read end of
     /// its acknowledgement.
@@ -335,6 +367,71 @@ impl RestoredTree {
     /// Pid translation: images' pid to crust's view.
     pub fn outer(&self, pid: i32) -> Option<i32> {
         self.ready.iter().find(|r| r.pid == pid).map(|r| r.outer)
+    }
+
+    /// Kill the helpers (every process has joined its group) and have them
+    /// reaped: by crust, by the namespace's init later, or by `reap` in the
+    /// restored process that adopted them (its pid as crust sees it, and
+    /// the helpers' pids in its namespace). Their orphans are adopted by
+    /// their parents in the images meanwhile.
+    pub fn release_helpers(
+        &mut self,
+        reap: &mut dyn FnMut(i32, &[i32]) -> Result<()>,
+    ) -> Result<()> {
+        if self.helpers.is_empty() {
+            return Ok(());
+        }
+        for &(_, outer) in &self.helpers {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(outer),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let me = std::process::id() as i32;
+        let mut by_parent: Vec<(i32, Vec<i32>)> = Vec::new();
+        for &(inner, outer) in &self.helpers {
+            let st = loop {
+                let st = procfs::read_stat(outer)?;
+                if st.state == 'Z' {
+                    break st;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Restore {
+                        pid: inner,
+                        what: "a session or group helper did not die".into(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            };
+            if st.ppid == me {
+                nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(outer),
+                    Some(nix::sys::wait::WaitPidFlag::__WALL),
+                )
+                .ctx(|| format!("reaping helper {outer}"))?;
+            } else if st.ppid != self.child || self.handover.is_none() {
+                match by_parent.iter_mut().find(|(p, _)| *p == st.ppid) {
+                    Some((_, v)) => v.push(inner),
+                    None => by_parent.push((st.ppid, vec![inner])),
+                }
+            }
+            // else: the namespace's init reaps it once it has the tree.
+        }
+        for (parent, helpers) in &by_parent {
+            reap(*parent, helpers)?;
+        }
+        let gone: Vec<i32> = self.helpers.iter().map(|h| h.1).collect();
+        self.pids.retain(|p| !gone.contains(p));
+        self.helpers.clear();
+        if let Some(root) = self.root_under_helper.take() {
+            self.child = root;
+            self.pids.retain(|&p| p != root);
+        }
+        if let Some(was) = self.own_subreaper.take() {
+            nix::sys::prctl::set_child_subreaper(was).ctx(|| "PR_SET_CHILD_SUBREAPER".into())?;
+        }
+        Ok(())
     }
 
     /// The processes now belong to themselves: do not kill them on drop.
@@ -373,8 +470,12 @@ impl Drop for RestoredTree {
 }
 
 /// Size of a report record: pid, and either (report fd, hold fd) when
-/// ready, or (-1, message length) followed by the message.
+/// ready, ([`HELPER_READY`], 0) from a helper, or (-1, message length)
+/// followed by the message.
 const RECORD: usize = 12;
+
+/// The second field of a helper's report record.
+const HELPER_READY: i32 = -2;
 
 /// Fork the whole tree: crust forks the root with clone3 set_tid, and each
 /// restored process forks its own children the same way, after `setup`
@@ -386,14 +487,14 @@ pub fn fork_tree(
     setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
 ) -> Result<RestoredTree> {
     let root = &plan.entries[0];
-    for e in plan.entries.iter().filter(|_| !plan.new_pid_ns) {
-        if std::path::Path::new(&format!("/proc/{}", e.pid)).exists() {
-            return Err(Error::PidTaken(e.pid as i32));
-        }
-        for &t in &e.threads {
-            if std::path::Path::new(&format!("/proc/{t}")).exists() {
-                return Err(Error::PidTaken(t as i32));
-            }
+    let wanted = plan
+        .entries
+        .iter()
+        .flat_map(|e| e.threads.iter().chain(std::iter::once(&e.pid)))
+        .chain(plan.lineage.helpers.iter().map(|h| &h.pid));
+    for &p in wanted.filter(|_| !plan.new_pid_ns) {
+        if std::path::Path::new(&format!("/proc/{p}")).exists() {
+            return Err(Error::PidTaken(p as i32));
         }
     }
     let (mut report_rd, report_wr) = pipe()?;
@@ -404,6 +505,9 @@ pub fn fork_tree(
         child: 0,
         pids: plan.entries.iter().map(|e| e.pid as i32).collect(),
         ready: Vec::new(),
+        helpers: Vec::new(),
+        root_under_helper: None,
+        own_subreaper: None,
         hold: Some(hold_wr),
         handover: None,
         live: true,
@@ -416,37 +520,54 @@ pub fn fork_tree(
         fork_with(libc::CLONE_NEWPID as u64, None, || {
             become_init(plan, setup, chans, (hand_rd, std::fs::File::from(ack_wr)))
         })
+    } else if let Some(h) = plan.top_helper() {
+        // The root is adopted by crust when its helper dies.
+        let was = nix::sys::prctl::get_child_subreaper().ctx(|| "PR_GET_CHILD_SUBREAPER".into())?;
+        nix::sys::prctl::set_child_subreaper(true).ctx(|| "PR_SET_CHILD_SUBREAPER".into())?;
+        tree.own_subreaper = Some(was);
+        tree.root_under_helper = Some(root.pid as i32);
+        fork_with_pid(h.pid as i32, || become_helper(plan, h, setup, chans))
     } else {
         fork_with_pid(root.pid as i32, || {
             become_process(plan, root, setup, chans, parent)
         })
     };
+    let first = plan.top_helper().map_or(root.pid, |h| h.pid);
     match forked {
         Ok(p) => tree.child = p,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             tree.live = false;
-            return Err(Error::PidTaken(root.pid as i32));
+            if let Some(was) = tree.own_subreaper.take() {
+                let _ = nix::sys::prctl::set_child_subreaper(was);
+            }
+            return Err(Error::PidTaken(first as i32));
         }
         Err(e) => {
             tree.live = false;
+            if let Some(was) = tree.own_subreaper.take() {
+                let _ = nix::sys::prctl::set_child_subreaper(was);
+            }
             return Err(Error::Sys {
-                what: format!("clone3 for pid {}", root.pid),
+                what: format!("clone3 for pid {first}"),
                 err: e,
             });
         }
     }
     if !plan.new_pid_ns {
+        tree.pids
+            .extend(plan.lineage.helpers.iter().map(|h| h.pid as i32));
         tree.pids.retain(|&p| p != tree.child);
     }
     let live = plan
         .entries
         .iter()
         .filter(|e| !plan.zombies.contains_key(&e.pid))
-        .count();
+        .count()
+        + plan.lineage.helpers.len();
     // The parent's copies of the channel ends went with the closure; only
     // the restored processes hold the report pipe's write end now.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while tree.ready.len() < live {
+    while tree.ready.len() + tree.helpers.len() < live {
         wait_readable(&report_rd, tree.child, deadline, root.pid as i32)?;
         let mut rec = [0u8; RECORD];
         match read_full(&mut report_rd, &mut rec) {
@@ -469,6 +590,10 @@ pub fn fork_tree(
                 what: String::from_utf8_lossy(&msg).into_owned(),
             });
         }
+        if a == HELPER_READY {
+            tree.helpers.push((pid, pid));
+            continue;
+        }
         tree.ready.push(Ready {
             pid,
             outer: pid,
@@ -484,7 +609,18 @@ pub fn fork_tree(
                 what: "cannot be found from outside its pid namespace".into(),
             })?;
         }
-        tree.pids = tree.ready.iter().map(|r| r.outer).collect();
+        for h in &mut tree.helpers {
+            h.1 = *map.get(&h.0).ok_or_else(|| Error::Restore {
+                pid: h.0,
+                what: "a helper cannot be found from outside its pid namespace".into(),
+            })?;
+        }
+        tree.pids = tree
+            .ready
+            .iter()
+            .map(|r| r.outer)
+            .chain(tree.helpers.iter().map(|h| h.1))
+            .collect();
     }
     Ok(tree)
 }
@@ -595,18 +731,22 @@ fn become_init(
             format!("mounting /proc in the new pid namespace: {e}"),
         );
     }
-    let forked = fork_with_pid(root.pid as i32, || {
-        become_process(plan, root, setup, chans, 1)
-    });
-    let rootpid = match forked {
-        Ok(p) => p,
+    let forked = match plan.top_helper() {
+        Some(h) => fork_with_pid(h.pid as i32, || become_helper(plan, h, setup, chans)),
+        None => fork_with_pid(root.pid as i32, || {
+            become_process(plan, root, setup, chans, 1)
+        }),
+    };
+    let rootpid = root.pid as i32;
+    match forked {
+        Ok(_) => {}
         Err(e) => {
             return fail(
                 &mut report,
                 format!("clone3 with set_tid {}: {e}", root.pid),
             )
         }
-    };
+    }
     drop(report);
     // Hold nothing of crust's.
     use std::os::fd::AsRawFd;
@@ -629,7 +769,7 @@ fn become_init(
     drop(ack);
     let mut code = 0;
     loop {
-        match nix::sys::wait::waitpid(None, None) {
+        match nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
             Ok(nix::sys::wait::WaitStatus::Exited(p, c)) if p.as_raw() == rootpid => code = c,
             Ok(nix::sys::wait::WaitStatus::Signaled(p, s, _)) if p.as_raw() == rootpid => {
                 code = 128 + s as i32
@@ -658,6 +798,99 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<bool> {
     Ok(true)
 }
 
+/// Fork what `me` (a process of the tree or a helper) forks: its helpers
+/// first, then the processes and zombies whose forking parent it is, each
+/// with the report and hold channels.
+fn fork_children(
+    plan: &ForkPlan,
+    me: u32,
+    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    report: &OwnedFd,
+    hold: &OwnedFd,
+) -> Result<()> {
+    let chans = || -> Result<(OwnedFd, OwnedFd)> {
+        Ok((
+            report.try_clone().ctx(|| "dup".into())?,
+            hold.try_clone().ctx(|| "dup".into())?,
+        ))
+    };
+    let taken = |cpid: i32| {
+        move |e: std::io::Error| {
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                Error::PidTaken(cpid)
+            } else {
+                Error::Sys {
+                    what: format!("clone3 with set_tid {cpid}"),
+                    err: e,
+                }
+            }
+        }
+    };
+    for h in plan.lineage.helpers.iter().filter(|h| h.parent == me) {
+        let c = chans()?;
+        fork_with_pid(h.pid as i32, || become_helper(plan, h, setup, c))
+            .map_err(taken(h.pid as i32))?;
+    }
+    for child in plan
+        .entries
+        .iter()
+        .filter(|e| plan.fork_parent(e) == me && e.pid != me)
+    {
+        let cpid = child.pid as i32;
+        match plan.zombies.get(&child.pid) {
+            Some(&status) => fork_with_pid(cpid, || become_zombie(child, status)),
+            None => {
+                let c = chans()?;
+                fork_with_pid(cpid, || become_process(plan, child, setup, c, me as i32))
+            }
+        }
+        .map_err(taken(cpid))?;
+    }
+    Ok(())
+}
+
+/// Send a report record: ready (`Ok` with the two fields) or failed. A
+/// record is at most 4012 bytes, under PIPE_BUF, so it is written whole.
+fn send_record(report: &OwnedFd, pid: i32, res: std::result::Result<(i32, i32), String>) {
+    let mut rec = Vec::with_capacity(RECORD);
+    rec.extend(pid.to_ne_bytes());
+    match res {
+        Ok((a, b)) => {
+            rec.extend(a.to_ne_bytes());
+            rec.extend(b.to_ne_bytes());
+        }
+        Err(msg) => {
+            let msg = &msg.as_bytes()[..msg.len().min(4000)];
+            rec.extend((-1i32).to_ne_bytes());
+            rec.extend((msg.len() as i32).to_ne_bytes());
+            rec.extend(msg);
+        }
+    }
+    // Written in place: crust may seize the caller as soon as it has the
+    // record, so nothing may happen after the write.
+    let mut done = 0;
+    while done < rec.len() {
+        match nix::unistd::write(report, &rec[done..]) {
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Block in a read of the hold pipe: crust seizes (or kills) the caller
+/// meanwhile; EOF means crust died.
+fn hold_until_seized(hold: OwnedFd) -> i32 {
+    let mut f = std::fs::File::from(hold);
+    let mut b = [0u8; 1];
+    loop {
+        match f.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => return 3,
+        }
+    }
+}
+
 /// Runs in a forked copy of crust that becomes the process `me`.
 fn become_process(
     plan: &ForkPlan,
@@ -669,8 +902,11 @@ fn become_process(
     let (mut report, mut hold) = chans;
     let pid = me.pid as i32;
     let res = (|| -> Result<()> {
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::SIGKILL)
-            .ctx(|| "PR_SET_PDEATHSIG".into())?;
+        // A helper's child outlives it: it is adopted when the helper dies.
+        if !plan.is_helper(parent as u32) {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::SIGKILL)
+                .ctx(|| "PR_SET_PDEATHSIG".into())?;
+        }
         if nix::unistd::getppid().as_raw() != parent {
             exit_now(1);
         }
@@ -680,68 +916,58 @@ fn become_process(
             nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
                 .ctx(|| "setpgid".into())?;
         }
-        for child in plan
-            .entries
-            .iter()
-            .filter(|e| e.ppid == me.pid && e.pid != me.pid)
-        {
-            let cpid = child.pid as i32;
-            let forked = match plan.zombies.get(&child.pid) {
-                Some(&status) => fork_with_pid(cpid, || become_zombie(child, status)),
-                None => {
-                    let chans = (
-                        report.try_clone().ctx(|| "dup".into())?,
-                        hold.try_clone().ctx(|| "dup".into())?,
-                    );
-                    fork_with_pid(cpid, || become_process(plan, child, setup, chans, pid))
-                }
-            };
-            forked.map_err(|e| {
-                if e.raw_os_error() == Some(libc::EEXIST) {
-                    Error::PidTaken(cpid)
-                } else {
-                    Error::Sys {
-                        what: format!("clone3 with set_tid {cpid}"),
-                        err: e,
-                    }
-                }
-            })?;
+        if plan.lineage.adopts(me.pid) {
+            nix::sys::prctl::set_child_subreaper(true).ctx(|| "PR_SET_CHILD_SUBREAPER".into())?;
         }
+        fork_children(plan, me.pid, setup, &report, &hold)?;
         // Children first: they need crust's open files, which setup closes
         // here (all but this process's own).
         setup(me, &mut [&mut report, &mut hold])?;
         Ok(())
     })();
     use std::os::fd::AsRawFd;
-    let mut rec = Vec::with_capacity(RECORD);
-    rec.extend(pid.to_ne_bytes());
-    match &res {
-        Ok(()) => {
-            rec.extend(report.as_raw_fd().to_ne_bytes());
-            rec.extend(hold.as_raw_fd().to_ne_bytes());
-        }
+    match res {
+        Ok(()) => send_record(&report, pid, Ok((report.as_raw_fd(), hold.as_raw_fd()))),
         Err(e) => {
-            let msg = e.to_string();
-            let msg = &msg.as_bytes()[..msg.len().min(4000)];
-            rec.extend((-1i32).to_ne_bytes());
-            rec.extend((msg.len() as i32).to_ne_bytes());
-            rec.extend(msg);
+            send_record(&report, pid, Err(e.to_string()));
+            return 2;
         }
     }
-    let mut f = std::fs::File::from(report);
-    let _ = f.write_all(&rec);
-    if res.is_err() {
-        return 2;
-    }
-    let mut f2 = std::fs::File::from(hold);
-    let mut b = [0u8; 1];
-    // Crust seizes this process while it waits here; EOF means crust died.
-    loop {
-        match f2.read(&mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            _ => return 3,
+    // The report fd stays open: crust closes both in the restored task.
+    let _report = report;
+    hold_until_seized(hold)
+}
+
+/// Runs in a forked copy of crust that becomes helper `me`: it creates its
+/// session or group, forks what it must, reports, and waits to be killed.
+fn become_helper(
+    plan: &ForkPlan,
+    me: &Helper,
+    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    chans: (OwnedFd, OwnedFd),
+) -> i32 {
+    let (report, hold) = chans;
+    let pid = me.pid as i32;
+    let res = (|| -> Result<()> {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::SIGKILL)
+            .ctx(|| "PR_SET_PDEATHSIG".into())?;
+        if me.session {
+            nix::unistd::setsid().ctx(|| format!("setsid in the helper for session {pid}"))?;
+        } else {
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+                .ctx(|| format!("setpgid in the helper for group {pid}"))?;
+        }
+        fork_children(plan, me.pid, setup, &report, &hold)
+    })();
+    match res {
+        Ok(()) => send_record(&report, pid, Ok((HELPER_READY, 0))),
+        Err(e) => {
+            send_record(&report, pid, Err(e.to_string()));
+            return 2;
         }
     }
+    drop(report);
+    hold_until_seized(hold)
 }
 
 /// Runs in a forked copy of crust that becomes a zombie with `status`.
