@@ -84,3 +84,86 @@ fn malformed_siginfo() {
         .stderr_names(&[&name, "siginfo", "100 bytes"]);
     assert_pid_free(w.pid);
 }
+
+/// ITIMER_REAL fires its remaining time after the restore (the 1.5 s the
+/// task spent dumped do not count), then every second; ITIMER_VIRTUAL and
+/// ITIMER_PROF keep their values and intervals.
+#[test]
+fn itimers() {
+    let mut w = Workload::start("wl-itimer", &[]);
+    dump_wait_restore(&mut w, Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(4500));
+    w.terminate_and_check();
+}
+
+/// The itimers as CRIU stores them; a --leave-running dump leaves them
+/// running in the original.
+#[test]
+fn itimers_in_the_image() {
+    let mut w = Workload::start("wl-itimer", &[]);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &["--leave-running"]).ok();
+    assert_images_decode_fast(&dir);
+    let (_, core) = main_core(&dir, w.pid);
+    let t = core.tc.unwrap().timers.expect("timers");
+    assert_eq!((t.real.isec, t.real.iusec), (1, 0), "real interval");
+    let left = t.real.vsec * 1_000_000 + t.real.vusec;
+    assert!(left > 0 && left <= 3_000_000, "real value {left} us");
+    assert_eq!((t.virt.isec, t.virt.iusec), (10, 0), "virt interval");
+    assert_eq!((t.prof.isec, t.prof.iusec), (20, 0), "prof interval");
+    assert!(t.posix.is_empty());
+    std::thread::sleep(Duration::from_millis(3500));
+    w.terminate_and_check();
+}
+
+/// POSIX timers on every kind of clock and notification come back with
+/// their ids and fire as before.
+#[test]
+fn posix_timers() {
+    let mut w = Workload::start("wl-ptimers", &[]);
+    dump_wait_restore(&mut w, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(3));
+    w.terminate_and_check();
+}
+
+/// The POSIX timers as CRIU stores them, ids with their hole; the original
+/// of a --leave-running dump keeps them.
+#[test]
+fn posix_timers_in_the_image() {
+    let mut w = Workload::start("wl-ptimers", &[]);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &["--leave-running"]).ok();
+    assert_images_decode_fast(&dir);
+    let (_, core) = main_core(&dir, w.pid);
+    let t = core.tc.unwrap().timers.expect("timers");
+    let mut ids: Vec<u32> = t.posix.iter().map(|p| p.it_id).collect();
+    ids.sort();
+    assert_eq!(ids.len(), 7, "timers {:?}", t.posix);
+    assert!(
+        ids.windows(2).any(|w| w[1] > w[0] + 1),
+        "no hole in the ids {ids:?}"
+    );
+    let b = t
+        .posix
+        .iter()
+        .find(|p| p.sival_ptr == 0xB22)
+        .expect("timer B");
+    assert_eq!(
+        b.it_sigev_notify as i32,
+        libc::SIGEV_SIGNAL | libc::SIGEV_THREAD_ID
+    );
+    let tid = b.notify_thread_id.expect("B's thread");
+    assert!(tid != w.pid && tid > 0, "B notifies {tid}");
+    assert_eq!((b.isec, b.insec), (0, 250_000_000));
+    let d = t
+        .posix
+        .iter()
+        .find(|p| p.sival_ptr == 0xD44)
+        .expect("timer D");
+    // The kernel keeps CLOCK_PROCESS_CPUTIME_ID as the process CPU clock of
+    // "this process" (pid 0, CPUCLOCK_SCHED): -6.
+    assert_eq!(d.clock_id as i32, -6);
+    assert_eq!((d.isec, d.insec), (10, 0));
+    std::thread::sleep(Duration::from_secs(3));
+    w.terminate_and_check();
+}
