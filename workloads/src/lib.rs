@@ -18,6 +18,8 @@
 //!    SIGTERM handler still installed) and writes `PASS\n` or
 //!    `FAIL: <what differs>\n` to OUTFILE atomically, then exits 0.
 
+pub mod sigrec;
+
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};

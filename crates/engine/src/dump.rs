@@ -101,7 +101,8 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 facts.push(f?);
             }
             let sigactions = signal::dump(&r)?;
-            Ok((facts, sigactions))
+            let timers = crate::timers::dump(&r, pid, tids)?;
+            Ok((facts, sigactions, timers))
         })();
         let cleanup = r.unmap_scratch();
         for (&tid, th) in tids.iter().zip(&threads) {
@@ -109,7 +110,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 .ctx(|| format!("restoring the signal mask of {tid}"))?;
             ptrace::set_regs(tid, &th.regs).ctx(|| format!("restoring the registers of {tid}"))?;
         }
-        let (facts, sigactions) = asked?;
+        let (facts, sigactions, timers) = asked?;
         cleanup?;
 
         let fs_entry = fs::dump(pid, &status, &mut files)?;
@@ -138,7 +139,12 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                     procfs::read_task_status(pid, tid)?,
                 )
             };
-            let core = task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
+            let mut core =
+                task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
+            if let Some(tc) = core.tc.as_mut() {
+                tc.timers = Some(timers.clone());
+            }
+            crate::pending::dump(&mut core, pid, tid)?;
             dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
         }
 

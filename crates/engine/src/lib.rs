@@ -11,12 +11,14 @@ pub mod files;
 pub mod fs;
 pub mod images;
 pub mod mm;
+pub mod pending;
 pub mod remote;
 mod restore;
 pub mod sessions;
 pub mod shmem;
 pub mod signal;
 pub mod task;
+pub mod timers;
 pub mod tree;
 
 use std::path::PathBuf;

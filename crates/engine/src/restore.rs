@@ -135,6 +135,8 @@ fn load(dir: &ImageDir) -> Result<Plan> {
             ));
         }
         let parts = task::parts(&main, &core_name)?;
+        crate::pending::check(&main, &core_name)?;
+        crate::timers::check(&main, &core_name)?;
         let tc = parts
             .tc
             .ok_or_else(|| bad(&core_name, "the main thread's core has no tc"))?;
@@ -147,6 +149,7 @@ fn load(dir: &ImageDir) -> Result<Plan> {
                 return Err(bad(&name, format!("holds {} entries, expected 1", c.len())));
             }
             task::parts(&c[0], &name)?;
+            crate::pending::check(&c[0], &name)?;
             thread_cores.push((t as i32, c.remove(0), name));
         }
         let ids: pb::TaskKobjIdsEntry = dir.read_one(&names::ids(e.pid), ImageKind::Ids)?;
@@ -450,6 +453,9 @@ fn transform(
         sib.forget_scratch();
         res?;
     }
+    // Pending signals and timers last, every signal still blocked.
+    crate::pending::restore(&r, &p.cores, &tids)?;
+    crate::timers::restore(&r, pid, tc.timers.as_ref())?;
     task::restore_dumpable(&r, p.mm.dumpable)?;
     r.unmap_scratch()?;
     for (i, (_, core, name)) in p.cores.iter().enumerate() {

@@ -1,5 +1,5 @@
 //! ptrace: seize, interrupt, wait, registers (general, XSTATE), signal mask,
-//! rseq configuration and TLS entries of a traced thread.
+//! pending signals, rseq configuration and TLS entries of a traced thread.
 
 use std::io;
 
@@ -15,6 +15,12 @@ const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 const PTRACE_GET_THREAD_AREA: libc::c_uint = 25;
 /// `PTRACE_SET_THREAD_AREA` (x86).
 const PTRACE_SET_THREAD_AREA: libc::c_uint = 26;
+/// `PTRACE_PEEKSIGINFO`.
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+/// `PTRACE_PEEKSIGINFO_SHARED`: peek the process-wide queue.
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+/// Size of a `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
 /// ELF note type of the x86 extended state regset.
 const NT_X86_XSTATE: usize = 0x202;
 /// Largest XSTATE area crust accepts (AMX tiles make it ~11 KiB).
@@ -213,6 +219,43 @@ pub fn get_sigmask(tid: pid_t) -> io::Result<u64> {
 /// `PTRACE_SETSIGMASK`.
 pub fn set_sigmask(tid: pid_t, mask: u64) -> io::Result<()> {
     ptrace_raw(PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as usize).map(drop)
+}
+
+/// A raw `siginfo_t`.
+pub type RawSiginfo = [u8; SIGINFO_SIZE];
+
+/// `struct ptrace_peeksiginfo_args`.
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// Every signal pending for thread `tid` in queue order, as raw `siginfo_t`
+/// bytes: its own queue, or with `shared` its process's (`PTRACE_PEEKSIGINFO`
+/// with `PTRACE_PEEKSIGINFO_SHARED`). Peeking leaves them queued.
+pub fn peek_siginfo(tid: pid_t, shared: bool) -> io::Result<Vec<RawSiginfo>> {
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    let mut buf = vec![[0u8; SIGINFO_SIZE]; BATCH];
+    loop {
+        let args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: BATCH as i32,
+        };
+        let n = ptrace_raw(
+            PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const PeekSiginfoArgs as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n.min(BATCH)]);
+    }
 }
 
 /// `PTRACE_GET_RSEQ_CONFIGURATION`.
