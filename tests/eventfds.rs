@@ -20,11 +20,14 @@ fn sigusr1(pid: i32) {
     );
 }
 
-/// Dump (killing it), decode the images, restore detached, wait until
-/// the task runs again.
+/// Dump (killing it), wait until the tree's pids are free, decode the
+/// images, restore detached, wait until the task runs again.
 fn dump_and_restore(w: &mut Workload, img: &Path) {
     dump(w, img, &[]).ok();
     w.reap_original();
+    for pid in tree_pids(img) {
+        wait_pid_free(pid, Duration::from_secs(10));
+    }
     assert_images_decode(img);
     restore(w, img, &["-d"]).ok();
     w.mark_restored();
@@ -62,6 +65,14 @@ fn eventfds_round_trip() {
 #[test]
 fn epoll_target_under_closed_fd_round_trip() {
     let mut w = Workload::start("epoll-dup", &[]);
+    let img = w.images_dir("img");
+    dump_and_restore(&mut w, &img);
+    w.terminate_and_check();
+}
+
+#[test]
+fn epoll_shared_across_fork_round_trip() {
+    let mut w = Workload::start("epoll-dup", &["fork"]);
     let img = w.images_dir("img");
     dump_and_restore(&mut w, &img);
     w.terminate_and_check();

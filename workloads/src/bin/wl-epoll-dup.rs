@@ -1,13 +1,16 @@
-//! wl-epoll-dup [reuse]: an epoll (fd 31) watching an eventfd registered as
+//! wl-epoll-dup [reuse|fork]: an epoll (fd 31) watching an eventfd registered as
 //! fd 30 (EPOLLIN, data 30), after which the eventfd was dup'ed to fd 32
 //! and fd 30 closed: the registration lives on under fd 30, a number the
 //! task no longer has. With `reuse`, fd 30 is then /dev/null: the dump
-//! must refuse, naming the epoll and fd 30.
+//! must refuse, naming the epoll and fd 30. With `fork`, a child shares
+//! the epoll and the eventfd (so both processes can add the watch at
+//! restore); after SIGTERM (forwarded by the parent) it checks the watch
+//! list, then the parent checks as below.
 //!
 //! After SIGTERM: the epoll's fdinfo still lists fd 30; the eventfd is not
 //! ready; written through fd 32, the epoll reports data 30.
 
-use workloads::{die, Checker};
+use workloads::{child_finish, die, reap_child, scratch_dir, Checker};
 
 const REG_FD: i32 = 30;
 const EP_FD: i32 = 31;
@@ -31,6 +34,7 @@ fn ready() -> Vec<u64> {
 fn main() {
     let p = workloads::init();
     let reuse = p.args.first().is_some_and(|a| a == "reuse");
+    let fork = p.args.first().is_some_and(|a| a == "fork");
     unsafe {
         let e = libc::eventfd(0, libc::EFD_NONBLOCK);
         let ep = libc::epoll_create1(0);
@@ -58,9 +62,29 @@ fn main() {
         }
     }
     let before = tfds();
+    let dir = scratch_dir(&p);
+    let kid = if fork {
+        let k = unsafe { libc::fork() };
+        if k < 0 {
+            die("fork");
+        }
+        if k == 0 {
+            workloads::wait_for_term();
+            let mut c = Checker::new();
+            c.eq("child: epoll watches", before, tfds());
+            child_finish(&dir, c);
+        }
+        Some(k)
+    } else {
+        None
+    };
     p.ready();
     workloads::wait_for_term();
     let mut c = Checker::new();
+    if let Some(k) = kid {
+        unsafe { libc::kill(k, libc::SIGTERM) };
+        reap_child(&dir, k, &mut c);
+    }
     c.eq("epoll watches", before, tfds());
     c.eq("ready before write", Vec::<u64>::new(), ready());
     let one = 1u64;

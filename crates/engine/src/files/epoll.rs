@@ -229,6 +229,12 @@ pub fn collect(
             continue;
         };
         for t in &ep.tfd {
+            if t.tfd >= i32::MAX as u32 {
+                return Err(Error::BadImage {
+                    file: "files.img".into(),
+                    what: format!("epoll file id {id} watches fd {}, not an fd number", t.tfd),
+                });
+            }
             if !tables.iter().any(|(_, table)| how(table, t).is_some()) {
                 let target = t
                     .crust_target_id

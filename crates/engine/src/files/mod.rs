@@ -473,6 +473,7 @@ impl OpenFiles {
             .map(|fi| fi.fd as RawFd)
             .chain(self.files.values().map(|f| f.as_raw_fd()))
             .chain(keep.iter().map(|k| k.as_raw_fd()))
+            .chain(self.epolls.values().flatten().map(|t| t.tfd as RawFd))
             .max()
             .unwrap_or(0)
             + 1;
