@@ -54,6 +54,38 @@ pub mod files {
     pub const DEVZERO_FD: i32 = 61;
 }
 
+/// The fds wl-eventfds builds, by number, and the epoll data words of its
+/// watches.
+pub mod evfds {
+    /// eventfd, counter 7, EFD_NONBLOCK.
+    pub const EFD: i32 = 10;
+    /// eventfd, counter 3, EFD_SEMAPHORE | EFD_NONBLOCK.
+    pub const EFD_SEM: i32 = 11;
+    /// timerfd, CLOCK_MONOTONIC, one-shot in an hour.
+    pub const TFD_LONG: i32 = 12;
+    /// signalfd for SIGUSR1, SFD_NONBLOCK.
+    pub const SFD: i32 = 13;
+    /// A pipe, read end (with one byte in it) and write end.
+    pub const PIPE_R: i32 = 14;
+    pub const PIPE_W: i32 = 15;
+    /// timerfd, CLOCK_BOOTTIME, expired once, not read.
+    pub const TFD_EXPIRED: i32 = 16;
+    /// timerfd, CLOCK_MONOTONIC, every 100 ms, never read.
+    pub const TFD_PERIODIC: i32 = 17;
+    /// timerfd, CLOCK_MONOTONIC, TFD_TIMER_ABSTIME an hour ahead.
+    pub const TFD_ABS: i32 = 18;
+    /// The epoll watching them, and the epoll nested in it.
+    pub const EP: i32 = 20;
+    pub const EP_INNER: i32 = 21;
+    pub const D_EFD: u64 = 0xe0;
+    pub const D_TFD_LONG: u64 = 0x12;
+    pub const D_SFD: u64 = 0x13;
+    pub const D_PIPE_R: u64 = 0x14;
+    pub const D_PIPE_W: u64 = 0x15;
+    pub const D_TFD_EXPIRED: u64 = 0x16;
+    pub const D_INNER: u64 = 0x21;
+}
+
 static TERM: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigterm(_sig: libc::c_int) {

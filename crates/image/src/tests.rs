@@ -409,6 +409,7 @@ fn eventfd() -> pb::EventfdFileEntry {
         flags: 0o4002,
         fown: fown(),
         counter: 3,
+        crust_semaphore: None,
     }
 }
 
@@ -425,6 +426,7 @@ fn eventpoll() -> pb::EventpollFileEntry {
             dev: Some(14),
             inode: Some(1033),
             pos: None,
+            crust_target_id: None,
         }],
     }
 }

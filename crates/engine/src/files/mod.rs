@@ -3,7 +3,10 @@
 //! dumps an fd into a `file_entry` and opens it again at restore; this
 //! module holds the table and the registry of kinds.
 
+mod epoll;
+mod evfd;
 pub mod ghost;
+mod inotify;
 mod pipe;
 mod reg;
 
@@ -27,8 +30,18 @@ pub mod fd_type {
     pub const REG: i32 = 1;
     /// A pipe.
     pub const PIPE: i32 = 2;
+    /// An eventfd.
+    pub const EVENTFD: i32 = 6;
+    /// An epoll instance.
+    pub const EVENTPOLL: i32 = 7;
+    /// An inotify instance.
+    pub const INOTIFY: i32 = 8;
+    /// A signalfd.
+    pub const SIGNALFD: i32 = 9;
     /// A terminal.
     pub const TTY: i32 = 11;
+    /// A timerfd.
+    pub const TIMERFD: i32 = 17;
 }
 
 /// One open file of a task as seen from crust: the task's fd, a duplicate
@@ -88,7 +101,16 @@ impl Default for FdOptions {
 }
 
 /// Every kind of file crust handles.
-static KINDS: &[&dyn FileKind] = &[&reg::RegularFile, &reg::ShellTerminal, &pipe::Pipe];
+static KINDS: &[&dyn FileKind] = &[
+    &reg::RegularFile,
+    &reg::ShellTerminal,
+    &pipe::Pipe,
+    &evfd::Eventfd,
+    &evfd::Signalfd,
+    &evfd::Timerfd,
+    &epoll::Epoll,
+    &inotify::Inotify,
+];
 
 /// What the kinds of files share during one dump.
 pub struct DumpCtx<'a> {
@@ -100,6 +122,8 @@ pub struct DumpCtx<'a> {
     pub pipes: pipe::DumpState,
     /// Deleted files dumped as ghost files.
     pub ghosts: ghost::DumpState,
+    /// Epoll watches waiting for their targets' file ids.
+    epolls: epoll::DumpState,
 }
 
 impl<'a> DumpCtx<'a> {
@@ -110,6 +134,7 @@ impl<'a> DumpCtx<'a> {
             dir,
             pipes: pipe::DumpState::default(),
             ghosts: ghost::DumpState::default(),
+            epolls: epoll::DumpState::default(),
         }
     }
 
@@ -310,6 +335,7 @@ pub fn dump_fds(
         table.entries.push(entry);
         table.seen.push((id, f.file, f.stat.st_dev, f.stat.st_ino));
     }
+    epoll::resolve_targets(&mut ctx.epolls, &out, &mut table.entries);
     Ok(out)
 }
 
@@ -323,7 +349,7 @@ fn kcmp_same_file(a: RawFd, b: RawFd) -> std::io::Result<bool> {
 fn unsupported_kind(f: &OpenFd) -> String {
     let fmt = f.stat.st_mode & libc::S_IFMT;
     let kind = if let Some(name) = f.link.strip_prefix("anon_inode:") {
-        name.to_string()
+        anon_kind(name)
     } else {
         match fmt {
             libc::S_IFSOCK => "a socket".into(),
@@ -341,11 +367,26 @@ fn unsupported_kind(f: &OpenFd) -> String {
     format!("{kind}, not supported yet")
 }
 
+/// A name for an anon-inode file crust does not handle.
+fn anon_kind(name: &str) -> String {
+    match name {
+        "[io_uring]" => "an io_uring instance (io_uring)".into(),
+        "[userfaultfd]" => "a userfaultfd".into(),
+        "[fanotify]" => "a fanotify group".into(),
+        "[perf_event]" => "a perf_event fd".into(),
+        "[pidfd]" => "a pidfd".into(),
+        n if n.starts_with("bpf") => format!("a BPF object ({n})"),
+        n => format!("an anon-inode file ({n})"),
+    }
+}
+
 /// The files of a restored tree, opened in crust before any process is
 /// forked (so every process inherits them): one open file description per
 /// file id.
 pub struct OpenFiles {
     files: HashMap<u32, OwnedFd>,
+    /// The watches of the epoll files, added after install.
+    epolls: HashMap<u32, Vec<pb::EventpollTfdEntry>>,
 }
 
 /// Recreate the ghost files that VMAs map (`ids`), so that the restored
@@ -401,6 +442,7 @@ pub fn open_all(
     }
     ids.sort_unstable();
     ids.dedup();
+    let epolls = epoll::collect(files, fdinfos)?;
     let mut out = HashMap::new();
     for id in ids {
         let e = &files[&id];
@@ -416,13 +458,14 @@ pub fn open_all(
             })?;
         out.insert(id, kind.open(e, ctx)?);
     }
-    Ok(OpenFiles { files: out })
+    Ok(OpenFiles { files: out, epolls })
 }
 
 impl OpenFiles {
     /// In a forked child: put the files of `table` at their fd numbers, set
     /// close-on-exec flags and close everything else except `keep` (the
-    /// child's channels to crust), which are moved above the task's fds.
+    /// child's channels to crust), which are moved above the task's fds;
+    /// then add the watches of its epoll fds with those numbers.
     pub fn install(&self, table: &[pb::FdinfoEntry], keep: &mut [&mut OwnedFd]) -> Result<()> {
         use nix::fcntl::{fcntl, FcntlArg, FdFlag};
         let high = table
@@ -430,6 +473,7 @@ impl OpenFiles {
             .map(|fi| fi.fd as RawFd)
             .chain(self.files.values().map(|f| f.as_raw_fd()))
             .chain(keep.iter().map(|k| k.as_raw_fd()))
+            .chain(self.epolls.values().flatten().map(|t| t.tfd as RawFd))
             .max()
             .unwrap_or(0)
             + 1;
@@ -464,6 +508,6 @@ impl OpenFiles {
                 let _ = nix::unistd::close(fd);
             }
         }
-        Ok(())
+        epoll::add_watches(table, &self.epolls)
     }
 }

@@ -37,6 +37,56 @@ impl FdInfo {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The state of an eventfd (`eventfd-count:` in hex,
+    /// `eventfd-semaphore:` since Linux 6.6).
+    pub fn eventfd(&self) -> Result<EventfdInfo, ProcError> {
+        let v = self.need("eventfd-count")?;
+        let count = hex_u64(v).ok_or_else(|| bad_value("eventfd-count", v))?;
+        let semaphore = match self.get("eventfd-semaphore") {
+            None => None,
+            Some("0") => Some(false),
+            Some("1") => Some(true),
+            Some(v) => return Err(bad_value("eventfd-semaphore", v)),
+        };
+        Ok(EventfdInfo { count, semaphore })
+    }
+
+    /// The signals of a signalfd (`sigmask:`, hex, bit N-1 for signal N).
+    pub fn signalfd_mask(&self) -> Result<u64, ProcError> {
+        let v = self.need("sigmask")?;
+        hex_u64(v).ok_or_else(|| bad_value("sigmask", v))
+    }
+
+    /// The state of a timerfd.
+    pub fn timerfd(&self) -> Result<TimerfdInfo, ProcError> {
+        let v = self.need("clockid")?;
+        let clockid = dec_i32(v).ok_or_else(|| bad_value("clockid", v))?;
+        let v = self.need("ticks")?;
+        let ticks = dec_u64(v).ok_or_else(|| bad_value("ticks", v))?;
+        let v = self.need("settime flags")?;
+        let settime_flags = oct_u32(v).ok_or_else(|| bad_value("settime flags", v))?;
+        let pair = |k: &str| -> Result<(u64, u64), ProcError> {
+            let v = self.need(k)?;
+            v.strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|r| r.split_once(','))
+                .and_then(|(a, b)| Some((dec_u64(a.trim())?, dec_u64(b.trim())?)))
+                .ok_or_else(|| bad_value(k, v))
+        };
+        Ok(TimerfdInfo {
+            clockid,
+            ticks,
+            settime_flags,
+            value: pair("it_value")?,
+            interval: pair("it_interval")?,
+        })
+    }
+
+    fn need(&self, key: &str) -> Result<&str, ProcError> {
+        self.get(key)
+            .ok_or_else(|| ProcError::whole(ProcFile::FdInfo, format!("key {key:?} missing")))
+    }
+
     /// The epoll targets (`tfd:` lines) of an epoll fd.
     pub fn epoll_tfds(&self) -> Result<Vec<EpollTfd>, ProcError> {
         self.get_all("tfd")
@@ -50,6 +100,35 @@ impl FdInfo {
             .map(|v| parse_inotify_wd(&format!("inotify wd:{v}")))
             .collect()
     }
+}
+
+fn bad_value(key: &str, v: &str) -> ProcError {
+    ProcError::whole(ProcFile::FdInfo, format!("{key}: bad value {v:?}"))
+}
+
+/// The state of an eventfd, from its fdinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventfdInfo {
+    /// The counter.
+    pub count: u64,
+    /// EFD_SEMAPHORE, if the kernel says (since Linux 6.6).
+    pub semaphore: Option<bool>,
+}
+
+/// The state of a timerfd, from its fdinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerfdInfo {
+    /// The clock (CLOCK_MONOTONIC ...).
+    pub clockid: i32,
+    /// Expirations not yet read.
+    pub ticks: u64,
+    /// The flags of the last timerfd_settime (TFD_TIMER_ABSTIME ...).
+    pub settime_flags: u32,
+    /// Time left to the next expiry, (seconds, nanoseconds); zero when
+    /// disarmed, or expired and not yet read or moved forward.
+    pub value: (u64, u64),
+    /// The period, (seconds, nanoseconds).
+    pub interval: (u64, u64),
 }
 
 /// Parses `/proc/PID/fdinfo/FD`. `pos`, `flags` and `mnt_id` are required.
@@ -275,10 +354,25 @@ mod tests {
         let sfd = parse_fdinfo(include_str!("testdata/fdinfo_signalfd.txt")).unwrap();
         assert_eq!(sfd.get("sigmask"), Some("0000000000004200"));
 
+        let e = ev.eventfd().unwrap();
+        assert_eq!((e.count, e.semaphore), (5, Some(false)));
+        let big = parse_fdinfo("pos:\t0\nflags:\t02\nmnt_id:\t1\neventfd-count:  1234\n").unwrap();
+        assert_eq!(big.eventfd().unwrap().count, 0x1234);
+        assert_eq!(big.eventfd().unwrap().semaphore, None);
+        assert_eq!(sfd.signalfd_mask().unwrap(), 0x4200);
         let tfd = parse_fdinfo(include_str!("testdata/fdinfo_timerfd.txt")).unwrap();
         assert_eq!(tfd.get("clockid"), Some("1"));
         assert_eq!(tfd.get("settime flags"), Some("00"));
         assert_eq!(tfd.get("it_interval"), Some("(1, 0)"));
+        let t = tfd.timerfd().unwrap();
+        assert_eq!(
+            (t.clockid, t.ticks, t.settime_flags, t.value, t.interval),
+            (1, 0, 0, (99, 998922769), (1, 0))
+        );
+        assert!(sfd.timerfd().is_err());
+        assert!(tfd.eventfd().is_err());
+        let bad = parse_fdinfo("pos:\t0\nflags:\t02\nmnt_id:\t1\nclockid: 1\nticks: 0\nsettime flags: 09\nit_value: (1, 0)\nit_interval: (0 0)\n").unwrap();
+        assert!(bad.timerfd().is_err());
 
         let ep = parse_fdinfo(include_str!("testdata/fdinfo_epoll.txt")).unwrap();
         let t = ep.epoll_tfds().unwrap();

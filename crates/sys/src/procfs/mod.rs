@@ -26,7 +26,10 @@ mod status;
 mod tests;
 
 pub use auxv::parse_auxv;
-pub use fdinfo::{parse_epoll_tfd, parse_fdinfo, parse_inotify_wd, EpollTfd, FdInfo, InotifyWd};
+pub use fdinfo::{
+    parse_epoll_tfd, parse_fdinfo, parse_inotify_wd, EpollTfd, EventfdInfo, FdInfo, InotifyWd,
+    TimerfdInfo,
+};
 pub use limits::{parse_limits, resource_of_row, Rlimit, RLIM_INFINITY};
 pub use maps::{parse_maps, parse_smaps, VmFlags, Vma, VmaPath};
 pub use misc::{parse_personality, parse_timers, PosixTimer, TimerNotify};
