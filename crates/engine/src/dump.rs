@@ -15,7 +15,7 @@ use crate::files::{DumpCtx, FdOptions, FileTable};
 use crate::images::ImageDir;
 use crate::remote::Remote;
 use crate::tree::{FrozenTree, Release};
-use crate::{fs, mm, signal, task, us, DumpOptions, DumpStats, IMG_VERSION};
+use crate::{creds, fs, mm, signal, task, us, DumpOptions, DumpStats, IMG_VERSION};
 
 /// A page image prepared before the freeze.
 struct PagesOut {
@@ -70,6 +70,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let mut files = FileTable::new();
     let mut ctx = DumpCtx::new(fd_opts, dir);
     let mut shmem = crate::shmem::Dumper::default();
+    let mut seccomp = crate::creds::SeccompDumper::default();
     let mut pstree = Vec::new();
     let mut root_ids = None;
     let mut pages_scanned = 0;
@@ -87,6 +88,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
         // What only the task can tell: asked in each thread, with a scratch
         // area mapped by the main thread; every register and mask is put
         // back before anything else happens.
+        creds::suspend_seccomp_for_dump(pid, tids)?;
         let mut r = Remote::new(pid, threads[0].regs)?;
         for &tid in tids {
             ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
@@ -94,15 +96,18 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
         let asked = (|| -> Result<_> {
             r.map_scratch(None)?;
             let mut facts = vec![task::ask(&r)?];
+            let mut more = vec![creds::ask(&r)?];
             for (&tid, th) in tids.iter().zip(&threads).skip(1) {
                 let mut sib = r.sibling(tid, th.regs);
-                let f = task::ask(&sib);
+                let f = task::ask(&sib).and_then(|f| Ok((f, creds::ask(&sib)?)));
                 sib.forget_scratch();
-                facts.push(f?);
+                let (f, m) = f?;
+                facts.push(f);
+                more.push(m);
             }
             let sigactions = signal::dump(&r)?;
             let timers = crate::timers::dump(&r, pid, tids)?;
-            Ok((facts, sigactions, timers))
+            Ok((facts, more, sigactions, timers))
         })();
         let cleanup = r.unmap_scratch();
         for (&tid, th) in tids.iter().zip(&threads) {
@@ -110,7 +115,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 .ctx(|| format!("restoring the signal mask of {tid}"))?;
             ptrace::set_regs(tid, &th.regs).ctx(|| format!("restoring the registers of {tid}"))?;
         }
-        let (facts, sigactions, timers) = asked?;
+        let (facts, more, sigactions, timers) = asked?;
         cleanup?;
 
         let fs_entry = fs::dump(pid, &status, &mut files)?;
@@ -118,6 +123,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
         let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files, &mut ctx)?;
         shmem.add(pid, &mm_dump.shmem_mappings());
         mm_dump.entry.dumpable = Some(facts[0].dumpable);
+        mm_dump.entry.thp_disabled = Some(more[0].thp_disabled);
         let ids = pb::TaskKobjIdsEntry {
             vm_id: id,
             files_id: id,
@@ -145,6 +151,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 tc.timers = Some(timers.clone());
             }
             crate::pending::dump(&mut core, pid, tid)?;
+            creds::fill(&mut core, tid, &tstatus, &more[i], &mut seccomp)?;
             dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
         }
 
@@ -211,6 +218,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let mut file_entries = files.entries().to_vec();
     file_entries.extend(ctx.pipes.fifo_reg_entries().iter().cloned());
     ctx.finish()?;
+    seccomp.write(dir)?;
     dir.write(names::PSTREE, ImageKind::Pstree, &pstree)?;
     dir.write(names::FILES, ImageKind::Files, &file_entries)?;
     let frozen_us = us(t_frozen);

@@ -50,6 +50,15 @@ pub enum Error {
     /// crust lacks a privilege it needs.
     #[error("crust needs {0}")]
     Privilege(String),
+    /// A restored task's credentials (capabilities, ids), affinity or
+    /// oom_score_adj are beyond what this crust can grant.
+    #[error("cannot restore pid {pid}: {what}")]
+    Creds {
+        /// The task.
+        pid: i32,
+        /// What cannot be granted.
+        what: String,
+    },
     /// A restored rlimit cannot be set by this crust.
     #[error("cannot restore {0}")]
     Rlimit(String),

@@ -15,7 +15,7 @@ use crate::images::ImageDir;
 use crate::remote::Remote;
 use crate::sessions;
 use crate::tree::{self, ForkPlan};
-use crate::{files, fs, mm, signal, task, us, RestoreOptions, IMG_VERSION};
+use crate::{creds, files, fs, mm, signal, task, us, RestoreOptions, IMG_VERSION};
 
 /// One live process to restore, every image of it read and checked.
 struct ProcPlan {
@@ -39,6 +39,7 @@ struct Plan {
     zombies: HashMap<u32, u32>,
     files: HashMap<u32, pb::FileEntry>,
     fdinfo_names: Vec<(String, Vec<pb::FdinfoEntry>)>,
+    creds: creds::Restorer,
 }
 
 fn bad(file: &str, what: impl Into<String>) -> Error {
@@ -107,6 +108,7 @@ fn load(dir: &ImageDir) -> Result<Plan> {
         .into_iter()
         .map(|f| (f.id, f))
         .collect();
+    let creds = creds::Restorer::load(dir)?;
     let mut procs = HashMap::new();
     let mut zombies = HashMap::new();
     let mut fdinfo_names = Vec::new();
@@ -152,6 +154,7 @@ fn load(dir: &ImageDir) -> Result<Plan> {
             crate::pending::check(&c[0], &name)?;
             thread_cores.push((t as i32, c.remove(0), name));
         }
+        creds.check(e.pid, &thread_cores)?;
         let ids: pb::TaskKobjIdsEntry = dir.read_one(&names::ids(e.pid), ImageKind::Ids)?;
         let mm_name = names::mm(e.pid);
         let mm: pb::MmEntry = dir.read_one(&mm_name, ImageKind::Mm)?;
@@ -202,6 +205,7 @@ fn load(dir: &ImageDir) -> Result<Plan> {
         zombies,
         files,
         fdinfo_names,
+        creds,
     })
 }
 
@@ -314,7 +318,15 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     for r in &restored.ready {
         let p = &plan.procs[&(r.pid as u32)];
         let drain = reaped.contains(&r.outer);
-        let tids = transform(p, r, opts.new_pid_ns, drain, &mut shmem, &files_index)?;
+        let tids = transform(
+            p,
+            r,
+            opts.new_pid_ns,
+            drain,
+            &mut shmem,
+            &files_index,
+            &plan.creds,
+        )?;
         all_tids.push((
             r.outer,
             tids,
@@ -377,6 +389,7 @@ fn transform(
     drain_sigchld: bool,
     shmem: &mut crate::shmem::Restorer,
     files_index: &mm::FileIndex,
+    creds: &creds::Restorer,
 ) -> Result<Vec<i32>> {
     let pid = ready.outer;
     let (report_fd, hold_fd) = (ready.report_fd, ready.hold_fd);
@@ -453,9 +466,11 @@ fn transform(
         sib.forget_scratch();
         res?;
     }
-    // Pending signals and timers last, every signal still blocked.
+    // Pending signals and timers, every signal still blocked; credentials
+    // and seccomp last.
     crate::pending::restore(&r, &p.cores, &tids)?;
     crate::timers::restore(&r, pid, tc.timers.as_ref())?;
+    creds.apply(&r, &tids, &p.cores, p.mm.thp_disabled)?;
     task::restore_dumpable(&r, p.mm.dumpable)?;
     r.unmap_scratch()?;
     for (i, (_, core, name)) in p.cores.iter().enumerate() {

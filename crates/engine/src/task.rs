@@ -324,30 +324,6 @@ fn rlimits_to_pb(limits: &[Rlimit]) -> pb::TaskRlimitsEntry {
     }
 }
 
-fn split_caps(v: u64) -> Vec<u32> {
-    vec![v as u32, (v >> 32) as u32]
-}
-
-fn creds_of(status: &Status, secbits: u32) -> pb::CredsEntry {
-    pb::CredsEntry {
-        uid: status.uid[0],
-        euid: status.uid[1],
-        suid: status.uid[2],
-        fsuid: status.uid[3],
-        gid: status.gid[0],
-        egid: status.gid[1],
-        sgid: status.gid[2],
-        fsgid: status.gid[3],
-        cap_inh: split_caps(status.cap_inh),
-        cap_prm: split_caps(status.cap_prm),
-        cap_eff: split_caps(status.cap_eff),
-        cap_bnd: split_caps(status.cap_bnd),
-        secbits,
-        groups: status.groups.clone(),
-        ..Default::default()
-    }
-}
-
 /// What only the task itself can tell, asked with remote syscalls.
 pub struct RemoteFacts {
     /// clear_child_tid address.
@@ -480,7 +456,7 @@ pub fn core_entry(
             blk_sigset: Some(thread.sigmask),
             sas: Some(facts.sas),
             pdeath_sig: Some(facts.pdeath_sig),
-            creds: Some(creds_of(status, facts.secbits)),
+            creds: Some(crate::creds::creds_entry(status, facts.secbits)),
             comm: Some(status.name.clone()),
             rseq_entry: Some(pb::RseqEntry {
                 rseq_abi_pointer: thread.rseq.rseq_abi_pointer,
@@ -573,8 +549,8 @@ pub fn unregister_rseq(r: &Remote) -> Result<()> {
 }
 
 /// Restore what only the task can set itself: clear_child_tid, robust list,
-/// sigaltstack, rseq, personality, comm, parent-death signal, dumpable and
-/// plain credentials (last). The scratch area must be mapped. A thread
+/// sigaltstack, rseq, personality, comm and parent-death signal
+/// (credentials come later, from `creds`). The scratch area must be mapped. A thread
 /// crust just created (`new_thread`) starts without an alternate stack or
 /// parent-death signal, so those are only set when the dump had them.
 pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool) -> Result<()> {
@@ -648,49 +624,6 @@ pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool) -> Result<()> {
             0,
             0,
         ],
-    )?;
-    if let Some(c) = &p.th.creds {
-        restore_creds(r, c)?;
-    }
-    Ok(())
-}
-
-/// Plain credentials: groups, then gids, then uids.
-fn restore_creds(r: &Remote, c: &pb::CredsEntry) -> Result<()> {
-    let root = [
-        c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid, c.sgid, c.fsgid,
-    ]
-    .iter()
-    .all(|&v| v == 0);
-    if root && c.groups.is_empty() {
-        return Ok(());
-    }
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-    let a = r.put(0, &groups)?;
-    r.call(
-        "setgroups",
-        libc::SYS_setgroups,
-        [c.groups.len() as u64, a, 0, 0, 0, 0],
-    )?;
-    r.call(
-        "setresgid",
-        libc::SYS_setresgid,
-        [c.gid as u64, c.egid as u64, c.sgid as u64, 0, 0, 0],
-    )?;
-    r.call(
-        "setfsgid",
-        libc::SYS_setfsgid,
-        [c.fsgid as u64, 0, 0, 0, 0, 0],
-    )?;
-    r.call(
-        "setresuid",
-        libc::SYS_setresuid,
-        [c.uid as u64, c.euid as u64, c.suid as u64, 0, 0, 0],
-    )?;
-    r.call(
-        "setfsuid",
-        libc::SYS_setfsuid,
-        [c.fsuid as u64, 0, 0, 0, 0, 0],
     )?;
     Ok(())
 }

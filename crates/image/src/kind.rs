@@ -79,6 +79,8 @@ pub enum ImageKind {
     Signalfd,
     /// `timerfd.img` (legacy): `timerfd_entry` records.
     Timerfd,
+    /// `seccomp.img`: one `seccomp_entry` with every filter of the tree.
+    Seccomp,
 }
 
 impl ImageKind {
@@ -119,6 +121,7 @@ impl ImageKind {
         ImageKind::EventpollTfd,
         ImageKind::Signalfd,
         ImageKind::Timerfd,
+        ImageKind::Seccomp,
     ];
 
     /// The image's own magic (the second `u32`, or the only one for
@@ -159,6 +162,7 @@ impl ImageKind {
             EventpollTfd => magic::EVENTPOLL_TFD,
             Signalfd => magic::SIGNALFD,
             Timerfd => magic::TIMERFD,
+            Seccomp => magic::SECCOMP,
         }
     }
 
@@ -230,6 +234,7 @@ impl ImageKind {
             EventpollTfd => "eventpoll_tfd_entry",
             Signalfd => "signalfd_entry",
             Timerfd => "timerfd_entry",
+            Seccomp => "seccomp_entry",
         })
     }
 
@@ -274,6 +279,7 @@ impl ImageKind {
             EventpollTfd => "eventpoll-tfd.img".to_string(),
             Signalfd => "signalfd.img".to_string(),
             Timerfd => "timerfd.img".to_string(),
+            Seccomp => names::SECCOMP.to_string(),
         }
     }
 }
@@ -306,6 +312,8 @@ pub mod names {
     pub const STATS_DUMP: &str = "stats-dump.img";
     /// `stats-restore.img`.
     pub const STATS_RESTORE: &str = "stats-restore.img";
+    /// `seccomp.img`.
+    pub const SECCOMP: &str = "seccomp.img";
 
     /// `core-{pid}.img`.
     pub fn core(pid: u32) -> String {

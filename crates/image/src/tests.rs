@@ -47,6 +47,28 @@ fn creds() -> pb::CredsEntry {
         lsm_profile: None,
         lsm_sockcreate: None,
         apparmor_data: None,
+        // Newer than Debian's crit (3.17), which drops what it does not know.
+        no_new_privs: None,
+        cap_amb: vec![],
+    }
+}
+
+fn seccomp() -> pb::SeccompEntry {
+    // BPF_RET|BPF_K SECCOMP_RET_ALLOW, twice stacked, the second with LOG.
+    let allow = [6u8, 0, 0, 0, 0, 0, 0xff, 0x7f].to_vec();
+    pb::SeccompEntry {
+        seccomp_filters: vec![
+            pb::SeccompFilter {
+                filter: allow.clone(),
+                prev: None,
+                flags: Some(0),
+            },
+            pb::SeccompFilter {
+                filter: allow,
+                prev: Some(0),
+                flags: Some(2),
+            },
+        ],
     }
 }
 
@@ -224,6 +246,9 @@ fn thread_core(comm: &str) -> pb::ThreadCoreEntry {
             signature: 0x5305_3053,
             rseq_cs_pointer: None,
         }),
+        crust_cpu_affinity: vec![],
+        crust_ioprio: None,
+        crust_timer_slack: None,
     }
 }
 
@@ -767,6 +792,7 @@ fn samples() -> Vec<Sample> {
         stats(K::StatsDump),
         stats(K::StatsRestore),
         image(K::Creds, 4242, &[creds()]),
+        image(K::Seccomp, 0, &[seccomp()]),
         image(K::Sigact, 4242, &[sigaction(15), sigaction(2)]),
         image(K::Itimers, 4242, &[itimer(1), itimer(0), itimer(0)]),
         image(
@@ -894,6 +920,7 @@ fn round_trip_every_kind() {
                 assert_eq!(decode_all::<pb::EventpollFileEntry>(&s), vec![eventpoll()])
             }
             K::Creds => assert_eq!(decode_all::<pb::CredsEntry>(&s), vec![creds()]),
+            K::Seccomp => assert_eq!(decode_all::<pb::SeccompEntry>(&s), vec![seccomp()]),
             K::Pagemap | K::ShmemPagemap => {
                 let mut r = ImageReader::open(&s.bytes, s.kind, &s.name).unwrap();
                 assert_eq!(

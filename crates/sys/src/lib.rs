@@ -3,6 +3,7 @@
 //! mapped image files and /proc parsers.
 
 pub mod clone;
+pub mod creds;
 pub mod eventfds;
 pub mod fd;
 pub mod mmap;
