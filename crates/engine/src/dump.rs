@@ -10,7 +10,7 @@ use crust_sys::mmap::PageFile;
 use crust_sys::procfs;
 use crust_sys::ptrace;
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::files::{DumpCtx, FdOptions, FileTable};
 use crate::images::ImageDir;
 use crate::remote::Remote;
@@ -30,7 +30,11 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     // Allocate each process's page image before the freeze, so the frozen
     // window only copies.
     let mut outs: HashMap<i32, PagesOut> = HashMap::new();
-    for (i, st) in crate::tree::collect(root)?.iter().enumerate() {
+    let before = crate::tree::collect(root)?;
+    // Page image ids past those allocated here: for processes forked during
+    // the freeze and for shared memory.
+    let mut next_pages_id = before.len() as u32 + 1;
+    for (i, st) in before.iter().enumerate() {
         if st.state == 'Z' {
             continue;
         }
@@ -105,7 +109,8 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 facts.push(f);
                 more.push(m);
             }
-            let sigactions = signal::dump(&r)?;
+            let sigactions =
+                signal::dump(&r, signal::worth_asking(status.sig_cgt, status.sig_ign))?;
             let timers = crate::timers::dump(&r, pid, tids)?;
             Ok((facts, more, sigactions, timers))
         })();
@@ -158,12 +163,20 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
         // Pages: straight from the task, through crust's buffers, into the
         // page image.
         let t_mem = Instant::now();
-        let out = outs.remove(&pid).ok_or_else(|| Error::Unsupported {
-            pid,
-            what: "a process that appeared while the tree was being frozen (not supported yet)"
-                .into(),
-        })?;
         let need = mm_dump.nr_pages() * mm::PAGE;
+        let out = match outs.remove(&pid) {
+            Some(out) => out,
+            // Forked while the tree was being frozen: its page image is
+            // allocated now.
+            None => {
+                let id = next_pages_id;
+                next_pages_id += 1;
+                let path = dir.create(&names::pages(id));
+                let file = PageFile::create(&path, need)
+                    .ctx(|| format!("allocating {}", path.display()))?;
+                PagesOut { id, path, file }
+            }
+        };
         let file = if need > out.file.len() {
             drop(out.file);
             PageFile::create(&out.path, need)
@@ -199,7 +212,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
         pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
     }
     // Shared anonymous memory, once per object, while the tree is frozen.
-    pages_written += shmem.dump_all(dir, frozen.procs.len() as u32 + 1)?;
+    pages_written += shmem.dump_all(dir, next_pages_id)?;
     for z in &frozen.zombies {
         pstree.push(crate::tree::pstree_entry(z, false, &[z.pid]));
         dir.write(

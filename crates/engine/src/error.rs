@@ -84,6 +84,9 @@ pub enum Error {
         /// What went wrong.
         what: String,
     },
+    /// A page copy did not run: an earlier step failed, or its thread died.
+    #[error("page copy: {0}")]
+    Movers(&'static str),
 }
 
 /// The engine's result type.

@@ -12,6 +12,7 @@ pub mod files;
 pub mod fs;
 pub mod images;
 pub mod mm;
+mod movers;
 pub mod pending;
 pub mod remote;
 mod restore;

@@ -11,6 +11,7 @@ use std::path::Path;
 use crust_image::pb;
 use crust_sys::mmap::PageFile;
 use crust_sys::procfs::{self, PagemapEntry, Stat, Vma, VmaPath};
+use crust_sys::uffd::Uffd;
 use crust_sys::vm::{self, RemoteRange};
 
 use crate::error::{Context, Error, Result};
@@ -642,19 +643,37 @@ pub fn scratch_gap(mm: &pb::MmEntry) -> u64 {
     cand
 }
 
-/// Map every dumped VMA at its address, write the pages, then give each VMA
-/// its protection and advice. The scratch area must be mapped.
+/// A restored process whose VMAs are mapped and whose pages are still to
+/// be written: [`Fill::run`] writes them from any thread (it needs no
+/// ptrace, so the tracer goes on with the next process meanwhile), then
+/// [`protect`] gives each VMA its protection and advice.
+pub struct Fill<'a> {
+    pid: i32,
+    pagemap: &'a [pb::PagemapEntry],
+    pages: &'a PageFile,
+    pages_name: &'a str,
+    /// The task's userfaultfd and the ranges registered with it.
+    uffd: Option<(Uffd, Vec<(u64, u64)>)>,
+}
+
+/// Below this many bytes of anonymous pages, writing them costs less than
+/// setting up a userfaultfd (two remote syscalls).
+const UFFD_MIN: u64 = 1 << 20;
+
+/// Map every dumped VMA at its address, writable where pages go; the pages
+/// are left to the returned [`Fill`], with which VMAs receive them (for
+/// [`protect`]). The scratch area must be mapped.
 #[allow(clippy::too_many_arguments)]
-pub fn map_and_fill(
+pub fn map_vmas<'a>(
     r: &Remote,
     inner_pid: i32,
     mm: &pb::MmEntry,
     files: &FileIndex,
-    pagemap: &[pb::PagemapEntry],
-    pages: &PageFile,
-    pages_name: &str,
+    pagemap: &'a [pb::PagemapEntry],
+    pages: &'a PageFile,
+    pages_name: &'a str,
     shmem: &mut crate::shmem::Restorer,
-) -> Result<()> {
+) -> Result<(Vec<bool>, Fill<'a>)> {
     let pid = r.pid();
     let mut filled = vmas_with_pages(mm, pagemap);
     for (i, v) in mm.vmas.iter().enumerate() {
@@ -756,8 +775,130 @@ pub fn map_and_fill(
     for fd in fds.into_values() {
         r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
-    collapse_full_extents(r, mm, pagemap, pages, pages_name)?;
-    write_pages(pid, pagemap, pages, pages_name)?;
+    let collapsed = collapse_full_extents(r, mm, pagemap, pages, pages_name)?;
+    // Anonymous private VMAs that receive pages, outside collapsed runs
+    // (whose huge pages exist already), are filled through a userfaultfd.
+    let by_uffd: Vec<(u64, u64)> = mm
+        .vmas
+        .iter()
+        .zip(&filled)
+        .filter(|&(v, &f)| {
+            f && v.status & VMA_ANON_PRIVATE != 0
+                && !is_special(v)
+                && !collapsed.iter().any(|&(s, e)| s < v.end && e > v.start)
+        })
+        .map(|(v, _)| (v.start, v.end))
+        .collect();
+    let anon_bytes: u64 = pagemap
+        .iter()
+        .filter(|p| by_uffd.iter().any(|&(s, e)| s <= p.vaddr && p.vaddr < e))
+        .map(|p| p.nr_pages as u64 * PAGE)
+        .sum();
+    let uffd = if anon_bytes >= UFFD_MIN {
+        task_uffd(r)?.and_then(|u| {
+            for &(s, e) in &by_uffd {
+                if let Err(err) = u.register_missing(s, e - s) {
+                    tracing::debug!("userfaultfd of pid {pid} refused {s:#x}-{e:#x}: {err}");
+                    return None;
+                }
+            }
+            Some((u, by_uffd))
+        })
+    } else {
+        None
+    };
+    let fill = Fill {
+        pid,
+        pagemap,
+        pages,
+        pages_name,
+        uffd,
+    };
+    Ok((filled, fill))
+}
+
+/// A userfaultfd of the task behind `r`, made by the task and taken over by
+/// crust; `None` when the task may not have one (ENOSYS, a seccomp filter,
+/// a sysctl), and then pages are written the plain way.
+fn task_uffd(r: &Remote) -> Result<Option<Uffd>> {
+    let flags = libc::O_CLOEXEC as u64 | crust_sys::uffd::UFFD_USER_MODE_ONLY;
+    let fd = r.raw("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
+    if fd < 0 {
+        tracing::debug!("no userfaultfd in pid {}: errno {}", r.pid(), -fd);
+        return Ok(None);
+    }
+    let got = crust_sys::pidfd::pidfd_open(r.pid())
+        .and_then(|pidfd| crust_sys::pidfd::pidfd_getfd(&pidfd, fd as i32));
+    r.call("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+    match got.and_then(Uffd::adopt) {
+        Ok(u) => Ok(Some(u)),
+        Err(err) => {
+            tracing::debug!("userfaultfd of pid {} unusable: {err}", r.pid());
+            Ok(None)
+        }
+    }
+}
+
+impl Fill<'_> {
+    /// Write the pages; the userfaultfd, if any, is closed when this
+    /// returns (which unregisters its ranges).
+    pub fn run(self) -> Result<()> {
+        let runs: Vec<PageRun> = self
+            .pagemap
+            .iter()
+            .map(|p| PageRun {
+                vaddr: p.vaddr,
+                nr_pages: p.nr_pages as u64,
+            })
+            .collect();
+        let ranges = split_runs(&runs);
+        let pid = self.pid;
+        for (off, chunk) in windows(&ranges) {
+            let len: usize = chunk.iter().map(|r| r.len).sum();
+            self.pages
+                .read_window(off, len, |buf| self.write_chunk(chunk, buf))
+                .ctx(|| format!("mapping {}", self.pages_name))?
+                .ctx(|| format!("writing the memory of pid {pid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Write `buf` into `chunk`: runs of ranges inside registered VMAs
+    /// through the userfaultfd, the others with process_vm_writev.
+    fn write_chunk(&self, chunk: &[RemoteRange], buf: &[u8]) -> std::io::Result<()> {
+        let Some((uffd, registered)) = &self.uffd else {
+            return vm::write_ranges(self.pid, chunk, buf);
+        };
+        let by_uffd = |r: &RemoteRange| {
+            registered
+                .iter()
+                .any(|&(s, e)| s <= r.addr && r.addr + r.len as u64 <= e)
+        };
+        let (mut i, mut pos) = (0, 0);
+        while i < chunk.len() {
+            let kind = by_uffd(&chunk[i]);
+            let n = chunk[i..].iter().take_while(|r| by_uffd(r) == kind).count();
+            let group = &chunk[i..i + n];
+            let bytes: usize = group.iter().map(|r| r.len).sum();
+            let local = &buf[pos..pos + bytes];
+            if kind {
+                let mut at = 0;
+                for r in group {
+                    uffd.copy(r.addr, &local[at..at + r.len])?;
+                    at += r.len;
+                }
+            } else {
+                vm::write_ranges(self.pid, group, local)?;
+            }
+            i += n;
+            pos += bytes;
+        }
+        Ok(())
+    }
+}
+
+/// Give each VMA of a filled process its dumped protection and advice.
+pub fn protect(r: &Remote, mm: &pb::MmEntry, filled: &[bool]) -> Result<()> {
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(v) {
             continue;
@@ -804,7 +945,7 @@ fn collapse_full_extents(
     pagemap: &[pb::PagemapEntry],
     pages: &PageFile,
     pages_name: &str,
-) -> Result<()> {
+) -> Result<Vec<(u64, u64)>> {
     let nohuge = 1u64 << libc::MADV_NOHUGEPAGE;
     // (first address, file offset) of each run, to find extents.
     let mut extents: Vec<(u64, u64)> = Vec::new(); // (extent start, file offset of it)
@@ -842,7 +983,7 @@ fn collapse_full_extents(
     runs.retain(|&(s, e)| e - s >= COLLAPSE_MIN);
     extents.retain(|&(e, _)| runs.iter().any(|&(s, end)| s <= e && e < end));
     if extents.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut first = vec![0u8; extents.len() * PAGE as usize];
     for (i, &(_, foff)) in extents.iter().enumerate() {
@@ -859,7 +1000,7 @@ fn collapse_full_extents(
         .collect();
     vm::write_ranges(r.pid(), &ranges, &first)
         .ctx(|| format!("writing the memory of pid {}", r.pid()))?;
-    for (start, end) in runs {
+    for &(start, end) in &runs {
         let res = r.raw(
             "madvise(MADV_COLLAPSE)",
             libc::SYS_madvise,
@@ -872,7 +1013,7 @@ fn collapse_full_extents(
             );
         }
     }
-    Ok(())
+    Ok(runs)
 }
 
 /// Which VMAs receive pages from the page image.
@@ -930,25 +1071,6 @@ pub fn check_pagemap(
         return Err(bad(format!(
             "lists {total} bytes of pages, but {pages_name} holds {pages_len}"
         )));
-    }
-    Ok(())
-}
-
-fn write_pages(pid: i32, pagemap: &[pb::PagemapEntry], pages: &PageFile, name: &str) -> Result<()> {
-    let runs: Vec<PageRun> = pagemap
-        .iter()
-        .map(|p| PageRun {
-            vaddr: p.vaddr,
-            nr_pages: p.nr_pages as u64,
-        })
-        .collect();
-    let ranges = split_runs(&runs);
-    for (off, chunk) in windows(&ranges) {
-        let len: usize = chunk.iter().map(|r| r.len).sum();
-        pages
-            .read_window(off, len, |buf| vm::write_ranges(pid, chunk, buf))
-            .ctx(|| format!("mapping {name}"))?
-            .ctx(|| format!("writing the memory of pid {pid}"))?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::images::ImageDir;
 use crate::remote::Remote;
 use crate::sessions;
 use crate::tree::{self, ForkPlan};
-use crate::{creds, files, fs, mm, signal, task, us, RestoreOptions, IMG_VERSION};
+use crate::{creds, files, fs, mm, movers, signal, task, us, RestoreOptions, IMG_VERSION};
 
 /// One live process to restore, every image of it read and checked.
 struct ProcPlan {
@@ -286,8 +286,11 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         task::apply_sched(main.th)?;
         Ok(())
     };
+    tracing::debug!(ms = us(t0) / 1000, "images loaded and files opened");
     let mut restored = tree::fork_tree(&fork_plan, &setup)?;
     let forking_us = us(t_fork);
+    tracing::debug!(ms = forking_us / 1000, "tree forked");
+    let t_seize = Instant::now();
     drop(open);
     for r in &restored.ready {
         tree::seize_restored(r.outer)?;
@@ -314,25 +317,43 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         reaped.insert(parent);
         Ok(())
     })?;
+    tracing::debug!(ms = us(t_seize) / 1000, "tree seized, groups joined");
+    let t_transform = Instant::now();
+    // Each process is mapped by the tracer (this thread), which then goes
+    // on with the next one while movers write its pages; once they are
+    // written, the tracer finishes it.
     let mut all_tids = Vec::new();
-    for r in &restored.ready {
-        let p = &plan.procs[&(r.pid as u32)];
-        let drain = reaped.contains(&r.outer);
-        let tids = transform(
-            p,
-            r,
-            opts.new_pid_ns,
-            drain,
-            &mut shmem,
-            &files_index,
-            &plan.creds,
-        )?;
-        all_tids.push((
-            r.outer,
-            tids,
-            p.cores[0].1.tc.as_ref().map(|t| t.task_state),
-        ));
-    }
+    std::thread::scope(|scope| -> Result<()> {
+        let movers = movers::Movers::start(scope, movers::default_count());
+        let mut begun = Vec::new();
+        for r in &restored.ready {
+            let p = &plan.procs[&(r.pid as u32)];
+            let drain = reaped.contains(&r.outer);
+            let (remote, filled, fill) = begin(p, r, drain, &mut shmem, &files_index)?;
+            let pending = movers.submit(move || fill.run());
+            begun.push((r, p, remote, filled, pending));
+        }
+        for (r, p, remote, filled, pending) in begun {
+            pending.wait()?;
+            let tids = finish(
+                p,
+                r,
+                remote,
+                &filled,
+                &files_index,
+                opts.new_pid_ns,
+                &plan.creds,
+            )?;
+            all_tids.push((
+                r.outer,
+                tids,
+                p.cores[0].1.tc.as_ref().map(|t| t.task_state),
+            ));
+        }
+        movers.finish();
+        Ok(())
+    })?;
+    tracing::debug!(ms = us(t_transform) / 1000, "every process transformed");
     // Every process has mapped its ghost files: unlink them again.
     drop(mapped_ghosts);
     drop(octx);
@@ -380,17 +401,15 @@ const CLONE_ARGS_SIZE: usize = 88;
 /// Where in the scratch area the clone3 arguments go.
 const CLONE_ARGS_AT: usize = 32 * 1024;
 
-/// Turn one seized, waiting process into its dumped self; returns its
-/// thread ids, main thread first.
-fn transform(
-    p: &ProcPlan,
+/// Begin turning one seized, waiting process into its dumped self: its
+/// memory is mapped, the pages are left to the returned [`mm::Fill`].
+fn begin<'a>(
+    p: &'a ProcPlan,
     ready: &tree::Ready,
-    new_pid_ns: bool,
     drain_sigchld: bool,
     shmem: &mut crate::shmem::Restorer,
     files_index: &mm::FileIndex,
-    creds: &creds::Restorer,
-) -> Result<Vec<i32>> {
+) -> Result<(Remote, Vec<bool>, mm::Fill<'a>)> {
     let pid = ready.outer;
     let (report_fd, hold_fd) = (ready.report_fd, ready.hold_fd);
     let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
@@ -404,7 +423,7 @@ fn transform(
     if drain_sigchld {
         sessions::drain_sigchld(&r)?;
     }
-    mm::map_and_fill(
+    let (filled, fill) = mm::map_vmas(
         &r,
         ready.pid,
         &p.mm,
@@ -414,6 +433,22 @@ fn transform(
         &p.pages_name,
         shmem,
     )?;
+    Ok((r, filled, fill))
+}
+
+/// Finish a process [`begin`] started, once its pages are written: returns
+/// its thread ids, main thread first.
+fn finish(
+    p: &ProcPlan,
+    ready: &tree::Ready,
+    mut r: Remote,
+    filled: &[bool],
+    files_index: &mm::FileIndex,
+    new_pid_ns: bool,
+    creds: &creds::Restorer,
+) -> Result<Vec<i32>> {
+    let pid = ready.outer;
+    mm::protect(&r, &p.mm, filled)?;
     mm::set_mm_fields(&r, &p.mm, files_index)?;
     let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
     let tc = main.tc.expect("checked at load");

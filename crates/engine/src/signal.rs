@@ -15,13 +15,25 @@ fn settable(sig: u64) -> bool {
     sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64
 }
 
-/// Read every sigaction of a frozen task (scratch area mapped): one entry
-/// per signal 1..=64, SIGKILL and SIGSTOP included as CRIU writes them.
-pub fn dump(r: &Remote) -> Result<Vec<pb::SaEntry>> {
+/// Signals whose action is worth asking the task for, from its
+/// `/proc/PID/status`: those caught or ignored, and SIGCHLD (whose
+/// SA_NOCLDWAIT/SA_NOCLDSTOP flags act even at SIG_DFL). Every other one is
+/// at SIG_DFL, where flags, mask and restorer have no effect; they are
+/// written as zero. One remote syscall less per default signal: 62 of them
+/// in a process that installed two handlers.
+pub fn worth_asking(sig_cgt: u64, sig_ign: u64) -> u64 {
+    sig_cgt | sig_ign | 1 << (libc::SIGCHLD - 1)
+}
+
+/// Read the sigactions of a frozen task (scratch area mapped): one entry
+/// per signal 1..=64, SIGKILL and SIGSTOP included as CRIU writes them;
+/// signals outside `ask` (a mask, bit `sig - 1`, see [`worth_asking`]) are
+/// SIG_DFL with nothing else.
+pub fn dump(r: &Remote, ask: u64) -> Result<Vec<pb::SaEntry>> {
     let mut out = Vec::with_capacity(NSIG as usize);
     for sig in 1..=NSIG {
         let mut k = [0u8; KSIGACTION];
-        if settable(sig) {
+        if settable(sig) && ask & (1 << (sig - 1)) != 0 {
             let s = r.scratch();
             r.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, 0, s, 8, 0, 0])?;
             r.get(0, &mut k)?;

@@ -14,4 +14,5 @@ pub mod procfs;
 pub mod ptrace;
 pub mod remote;
 pub mod task;
+pub mod uffd;
 pub mod vm;
