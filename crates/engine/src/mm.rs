@@ -675,10 +675,41 @@ pub fn map_vmas<'a>(
     shmem: &mut crate::shmem::Restorer,
 ) -> Result<(Vec<bool>, Fill<'a>)> {
     let pid = r.pid();
-    let mut filled = vmas_with_pages(mm, pagemap);
+    let has_pages = vmas_with_pages(mm, pagemap);
+    let (runs, extents) = collapse_plan(mm, pagemap);
+    // Anonymous private VMAs with pages, outside collapsed runs (whose huge
+    // pages are made before the fill), go through a userfaultfd. Every VMA
+    // with pages is mapped writable until [`protect`], as it was once (which
+    // the kernel remembers: VM_ACCOUNT, and adjacent VMAs that stay apart).
+    let anon = |i: usize, v: &pb::VmaEntry| {
+        has_pages[i]
+            && v.status & VMA_ANON_PRIVATE != 0
+            && !is_special(v)
+            && !runs.iter().any(|&(s, e)| s < v.end && e > v.start)
+    };
+    let anon_bytes: u64 = pagemap
+        .iter()
+        .filter(|p| {
+            mm.vmas
+                .iter()
+                .enumerate()
+                .any(|(i, v)| anon(i, v) && v.start <= p.vaddr && p.vaddr < v.end)
+        })
+        .map(|p| p.nr_pages as u64 * PAGE)
+        .sum();
+    let uffd = if anon_bytes >= UFFD_MIN {
+        task_uffd(r)?
+    } else {
+        None
+    };
+    let mut by_uffd = Vec::new();
+    let mut filled = has_pages.clone();
     for (i, v) in mm.vmas.iter().enumerate() {
         if v.status & VMA_ANON_SHARED != 0 && shmem.will_create(v) {
             filled[i] = true;
+        }
+        if uffd.is_some() && anon(i, v) {
+            by_uffd.push((v.start, v.end));
         }
     }
     let mut fds: HashMap<(u32, u32), u64> = HashMap::new();
@@ -775,38 +806,18 @@ pub fn map_vmas<'a>(
     for fd in fds.into_values() {
         r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
-    let collapsed = collapse_full_extents(r, mm, pagemap, pages, pages_name)?;
-    // Anonymous private VMAs that receive pages, outside collapsed runs
-    // (whose huge pages exist already), are filled through a userfaultfd.
-    let by_uffd: Vec<(u64, u64)> = mm
-        .vmas
-        .iter()
-        .zip(&filled)
-        .filter(|&(v, &f)| {
-            f && v.status & VMA_ANON_PRIVATE != 0
-                && !is_special(v)
-                && !collapsed.iter().any(|&(s, e)| s < v.end && e > v.start)
-        })
-        .map(|(v, _)| (v.start, v.end))
-        .collect();
-    let anon_bytes: u64 = pagemap
-        .iter()
-        .filter(|p| by_uffd.iter().any(|&(s, e)| s <= p.vaddr && p.vaddr < e))
-        .map(|p| p.nr_pages as u64 * PAGE)
-        .sum();
-    let uffd = if anon_bytes >= UFFD_MIN {
-        task_uffd(r)?.and_then(|u| {
-            for &(s, e) in &by_uffd {
-                if let Err(err) = u.register_missing(s, e - s) {
-                    tracing::debug!("userfaultfd of pid {pid} refused {s:#x}-{e:#x}: {err}");
-                    return None;
-                }
+    collapse(r, &runs, &extents, pages, pages_name)?;
+    let uffd = uffd.map(|u| {
+        // A VMA the userfaultfd refuses is written the plain way.
+        by_uffd.retain(|&(s, e)| match u.register_missing(s, e - s) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!("userfaultfd of pid {pid} refused {s:#x}-{e:#x}: {err}");
+                false
             }
-            Some((u, by_uffd))
-        })
-    } else {
-        None
-    };
+        });
+        (u, by_uffd)
+    });
     let fill = Fill {
         pid,
         pagemap,
@@ -925,6 +936,10 @@ pub fn protect(r: &Remote, mm: &pb::MmEntry, filled: &[bool]) -> Result<()> {
     Ok(())
 }
 
+/// A 2 MiB extent to collapse: its address and the page image offset of
+/// its first page.
+type Extent = (u64, u64);
+
 /// Size of a transparent huge page.
 const HPAGE: u64 = 2 << 20;
 /// Smallest run of full extents worth a MADV_COLLAPSE.
@@ -939,13 +954,10 @@ const MADV_COLLAPSE: u64 = 25;
 /// flags as they are). Extents with holes stay in small pages, so no
 /// memory appears that the task did not have. Best effort: a collapse the
 /// kernel refuses just leaves small pages.
-fn collapse_full_extents(
-    r: &Remote,
-    mm: &pb::MmEntry,
-    pagemap: &[pb::PagemapEntry],
-    pages: &PageFile,
-    pages_name: &str,
-) -> Result<Vec<(u64, u64)>> {
+///
+/// This plans it: the runs of extents to collapse, and each extent with
+/// the file offset of its first page.
+fn collapse_plan(mm: &pb::MmEntry, pagemap: &[pb::PagemapEntry]) -> (Vec<(u64, u64)>, Vec<Extent>) {
     let nohuge = 1u64 << libc::MADV_NOHUGEPAGE;
     // (first address, file offset) of each run, to find extents.
     let mut extents: Vec<(u64, u64)> = Vec::new(); // (extent start, file offset of it)
@@ -982,8 +994,19 @@ fn collapse_full_extents(
     }
     runs.retain(|&(s, e)| e - s >= COLLAPSE_MIN);
     extents.retain(|&(e, _)| runs.iter().any(|&(s, end)| s <= e && e < end));
+    (runs, extents)
+}
+
+/// Collapse what [`collapse_plan`] planned, in VMAs mapped writable.
+fn collapse(
+    r: &Remote,
+    runs: &[(u64, u64)],
+    extents: &[(u64, u64)],
+    pages: &PageFile,
+    pages_name: &str,
+) -> Result<()> {
     if extents.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let mut first = vec![0u8; extents.len() * PAGE as usize];
     for (i, &(_, foff)) in extents.iter().enumerate() {
@@ -1000,7 +1023,7 @@ fn collapse_full_extents(
         .collect();
     vm::write_ranges(r.pid(), &ranges, &first)
         .ctx(|| format!("writing the memory of pid {}", r.pid()))?;
-    for &(start, end) in &runs {
+    for &(start, end) in runs {
         let res = r.raw(
             "madvise(MADV_COLLAPSE)",
             libc::SYS_madvise,
@@ -1013,7 +1036,7 @@ fn collapse_full_extents(
             );
         }
     }
-    Ok(runs)
+    Ok(())
 }
 
 /// Which VMAs receive pages from the page image.

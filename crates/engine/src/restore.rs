@@ -333,8 +333,12 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             let pending = movers.submit(move || fill.run());
             begun.push((r, p, remote, filled, pending));
         }
+        tracing::debug!(ms = us(t_transform) / 1000, "every process mapped");
+        let mut waited = 0;
         for (r, p, remote, filled, pending) in begun {
+            let t_wait = Instant::now();
             pending.wait()?;
+            waited += us(t_wait);
             let tids = finish(
                 p,
                 r,
@@ -351,6 +355,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             ));
         }
         movers.finish();
+        tracing::debug!(waited_ms = waited / 1000, "pages written");
         Ok(())
     })?;
     tracing::debug!(ms = us(t_transform) / 1000, "every process transformed");
