@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crust_image::{names, pb, ImageKind};
@@ -45,7 +46,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
             .ctx(|| format!("allocating {}", path.display()))?;
         outs.insert(st.pid, PagesOut { id, path, file });
     }
-    let mut bufs = mm::PageBuffers::new();
+    let bufs = mm::PageBuffers::new();
 
     let t0 = Instant::now();
     let frozen = FrozenTree::seize(root)?;
@@ -79,138 +80,158 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let mut root_ids = None;
     let mut pages_scanned = 0;
     let mut pages_written = 0;
-    let mut memdump_us = 0;
-    for (idx, (stat, tids)) in frozen.procs.iter().enumerate() {
-        let pid = stat.pid;
-        let id = idx as u32 + 1;
-        let status = procfs::read_status(pid)?;
-        let threads = tids
-            .iter()
-            .map(|&t| task::read_thread(t))
-            .collect::<Result<Vec<_>>>()?;
+    let bufs = std::sync::Mutex::new(bufs);
+    let memdump_us = AtomicU64::new(0);
+    std::thread::scope(|scope| -> Result<()> {
+        // One mover: it has two threads of its own (read, write), and one
+        // set of buffers.
+        let movers = crate::movers::Movers::start(scope, 1);
+        let mut pending = Vec::new();
+        for (idx, (stat, tids)) in frozen.procs.iter().enumerate() {
+            let pid = stat.pid;
+            let id = idx as u32 + 1;
+            let status = procfs::read_status(pid)?;
+            let threads = tids
+                .iter()
+                .map(|&t| task::read_thread(t))
+                .collect::<Result<Vec<_>>>()?;
 
-        // What only the task can tell: asked in each thread, with a scratch
-        // area mapped by the main thread; every register and mask is put
-        // back before anything else happens.
-        creds::suspend_seccomp_for_dump(pid, tids)?;
-        let mut r = Remote::new(pid, threads[0].regs)?;
-        for &tid in tids {
-            ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
-        }
-        let asked = (|| -> Result<_> {
-            r.map_scratch(None)?;
-            let mut facts = vec![task::ask(&r)?];
-            let mut more = vec![creds::ask(&r)?];
-            for (&tid, th) in tids.iter().zip(&threads).skip(1) {
-                let mut sib = r.sibling(tid, th.regs);
-                let f = task::ask(&sib).and_then(|f| Ok((f, creds::ask(&sib)?)));
-                sib.forget_scratch();
-                let (f, m) = f?;
-                facts.push(f);
-                more.push(m);
+            // What only the task can tell: asked in each thread, with a scratch
+            // area mapped by the main thread; every register and mask is put
+            // back before anything else happens.
+            creds::suspend_seccomp_for_dump(pid, tids)?;
+            let mut r = Remote::new(pid, threads[0].regs)?;
+            for &tid in tids {
+                ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
             }
-            let sigactions =
-                signal::dump(&r, signal::worth_asking(status.sig_cgt, status.sig_ign))?;
-            let timers = crate::timers::dump(&r, pid, tids)?;
-            Ok((facts, more, sigactions, timers))
-        })();
-        let cleanup = r.unmap_scratch();
-        for (&tid, th) in tids.iter().zip(&threads) {
-            ptrace::set_sigmask(tid, th.sigmask)
-                .ctx(|| format!("restoring the signal mask of {tid}"))?;
-            ptrace::set_regs(tid, &th.regs).ctx(|| format!("restoring the registers of {tid}"))?;
-        }
-        let (facts, more, sigactions, timers) = asked?;
-        cleanup?;
+            let asked = (|| -> Result<_> {
+                r.map_scratch(None)?;
+                let mut facts = vec![task::ask(&r)?];
+                let mut more = vec![creds::ask(&r)?];
+                for (&tid, th) in tids.iter().zip(&threads).skip(1) {
+                    let mut sib = r.sibling(tid, th.regs);
+                    let f = task::ask(&sib).and_then(|f| Ok((f, creds::ask(&sib)?)));
+                    sib.forget_scratch();
+                    let (f, m) = f?;
+                    facts.push(f);
+                    more.push(m);
+                }
+                let sigactions =
+                    signal::dump(&r, signal::worth_asking(status.sig_cgt, status.sig_ign))?;
+                let timers = crate::timers::dump(&r, pid, tids)?;
+                Ok((facts, more, sigactions, timers))
+            })();
+            let cleanup = r.unmap_scratch();
+            for (&tid, th) in tids.iter().zip(&threads) {
+                ptrace::set_sigmask(tid, th.sigmask)
+                    .ctx(|| format!("restoring the signal mask of {tid}"))?;
+                ptrace::set_regs(tid, &th.regs)
+                    .ctx(|| format!("restoring the registers of {tid}"))?;
+            }
+            let (facts, more, sigactions, timers) = asked?;
+            cleanup?;
 
-        let fs_entry = fs::dump(pid, &status, &mut files)?;
-        let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
-        let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files, &mut ctx)?;
-        shmem.add(pid, &mm_dump.shmem_mappings());
-        mm_dump.entry.dumpable = Some(facts[0].dumpable);
-        mm_dump.entry.thp_disabled = Some(more[0].thp_disabled);
-        let ids = pb::TaskKobjIdsEntry {
-            vm_id: id,
-            files_id: id,
-            fs_id: id,
-            sighand_id: id,
-            ..Default::default()
-        };
-        if idx == 0 {
-            root_ids = Some(ids);
-        }
-        let upid = pid as u32;
-        let mut leader = Some(task::LeaderParts { sigactions, ids });
-        for (i, (&tid, th)) in tids.iter().zip(&threads).enumerate() {
-            let (tstat, tstatus) = if i == 0 {
-                (stat.clone(), status.clone())
-            } else {
-                (
-                    procfs::read_task_stat(pid, tid)?,
-                    procfs::read_task_status(pid, tid)?,
-                )
+            let fs_entry = fs::dump(pid, &status, &mut files)?;
+            let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
+            let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files, &mut ctx)?;
+            shmem.add(pid, &mm_dump.shmem_mappings());
+            mm_dump.entry.dumpable = Some(facts[0].dumpable);
+            mm_dump.entry.thp_disabled = Some(more[0].thp_disabled);
+            let ids = pb::TaskKobjIdsEntry {
+                vm_id: id,
+                files_id: id,
+                fs_id: id,
+                sighand_id: id,
+                ..Default::default()
             };
-            let mut core =
-                task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
-            if let Some(tc) = core.tc.as_mut() {
-                tc.timers = Some(timers.clone());
+            if idx == 0 {
+                root_ids = Some(ids);
             }
-            crate::pending::dump(&mut core, pid, tid)?;
-            creds::fill(&mut core, tid, &tstatus, &more[i], &mut seccomp)?;
-            dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
+            let upid = pid as u32;
+            let mut leader = Some(task::LeaderParts { sigactions, ids });
+            for (i, (&tid, th)) in tids.iter().zip(&threads).enumerate() {
+                let (tstat, tstatus) = if i == 0 {
+                    (stat.clone(), status.clone())
+                } else {
+                    (
+                        procfs::read_task_stat(pid, tid)?,
+                        procfs::read_task_status(pid, tid)?,
+                    )
+                };
+                let mut core =
+                    task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
+                if let Some(tc) = core.tc.as_mut() {
+                    tc.timers = Some(timers.clone());
+                }
+                crate::pending::dump(&mut core, pid, tid)?;
+                creds::fill(&mut core, tid, &tstatus, &more[i], &mut seccomp)?;
+                dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
+            }
+
+            // Pages: straight from the task, through crust's buffers, into the
+            // page image, on a mover thread while this one goes on with the
+            // next process.
+            let need = mm_dump.nr_pages() * mm::PAGE;
+            let out = match outs.remove(&pid) {
+                Some(out) => out,
+                // Forked while the tree was being frozen: its page image is
+                // allocated now.
+                None => {
+                    let id = next_pages_id;
+                    next_pages_id += 1;
+                    let path = dir.create(&names::pages(id));
+                    let file = PageFile::create(&path, need)
+                        .ctx(|| format!("allocating {}", path.display()))?;
+                    PagesOut { id, path, file }
+                }
+            };
+            let file = if need > out.file.len() {
+                drop(out.file);
+                PageFile::create(&out.path, need)
+                    .ctx(|| format!("allocating {}", out.path.display()))?
+            } else {
+                out.file
+            };
+            pages_written += mm_dump.nr_pages();
+            pages_scanned += mm_dump
+                .entry
+                .vmas
+                .iter()
+                .map(|v| (v.end - v.start) / mm::PAGE)
+                .sum::<u64>();
+
+            dir.write(&names::ids(upid), ImageKind::Ids, &[ids])?;
+            dir.write(
+                &names::mm(upid),
+                ImageKind::Mm,
+                std::slice::from_ref(&mm_dump.entry),
+            )?;
+            dir.write_pagemap(
+                &names::pagemap(upid as u64),
+                out.id,
+                &mm_dump.pagemap_entries(),
+            )?;
+            let (bufs, memdump_us) = (&bufs, &memdump_us);
+            pending.push(movers.submit(move || {
+                let t_mem = Instant::now();
+                let mut bufs = bufs.lock().expect("one page reader at a time");
+                mm_dump.read_pages(pid, &file, &out.path, &mut bufs)?;
+                file.finish(need)
+                    .ctx(|| format!("writing {}", out.path.display()))?;
+                memdump_us.fetch_add(us(t_mem), Ordering::Relaxed);
+                Ok(())
+            }));
+            dir.write(&names::fdinfo(id), ImageKind::Fdinfo, &fdinfos)?;
+            dir.write(&names::fs(upid), ImageKind::Fs, &[fs_entry])?;
+            pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
         }
-
-        // Pages: straight from the task, through crust's buffers, into the
-        // page image.
-        let t_mem = Instant::now();
-        let need = mm_dump.nr_pages() * mm::PAGE;
-        let out = match outs.remove(&pid) {
-            Some(out) => out,
-            // Forked while the tree was being frozen: its page image is
-            // allocated now.
-            None => {
-                let id = next_pages_id;
-                next_pages_id += 1;
-                let path = dir.create(&names::pages(id));
-                let file = PageFile::create(&path, need)
-                    .ctx(|| format!("allocating {}", path.display()))?;
-                PagesOut { id, path, file }
-            }
-        };
-        let file = if need > out.file.len() {
-            drop(out.file);
-            PageFile::create(&out.path, need)
-                .ctx(|| format!("allocating {}", out.path.display()))?
-        } else {
-            out.file
-        };
-        mm_dump.read_pages(pid, &file, &out.path, &mut bufs)?;
-        file.finish(need)
-            .ctx(|| format!("writing {}", out.path.display()))?;
-        memdump_us += us(t_mem);
-        pages_written += mm_dump.nr_pages();
-        pages_scanned += mm_dump
-            .entry
-            .vmas
-            .iter()
-            .map(|v| (v.end - v.start) / mm::PAGE)
-            .sum::<u64>();
-
-        dir.write(&names::ids(upid), ImageKind::Ids, &[ids])?;
-        dir.write(
-            &names::mm(upid),
-            ImageKind::Mm,
-            std::slice::from_ref(&mm_dump.entry),
-        )?;
-        dir.write_pagemap(
-            &names::pagemap(upid as u64),
-            out.id,
-            &mm_dump.pagemap_entries(),
-        )?;
-        dir.write(&names::fdinfo(id), ImageKind::Fdinfo, &fdinfos)?;
-        dir.write(&names::fs(upid), ImageKind::Fs, &[fs_entry])?;
-        pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
-    }
+        for p in pending {
+            p.wait()?;
+        }
+        movers.finish();
+        Ok(())
+    })?;
+    let memdump_us = memdump_us.into_inner();
     // Shared anonymous memory, once per object, while the tree is frozen.
     pages_written += shmem.dump_all(dir, next_pages_id)?;
     for z in &frozen.zombies {
