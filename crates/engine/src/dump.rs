@@ -30,27 +30,62 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let root = opts.pid;
     // Allocate each process's page image before the freeze, so the frozen
     // window only copies.
+    let t_alloc = Instant::now();
     let mut outs: HashMap<i32, PagesOut> = HashMap::new();
     let before = crate::tree::collect(root)?;
     // Page image ids past those allocated here: for processes forked during
     // the freeze and for shared memory.
     let mut next_pages_id = before.len() as u32 + 1;
-    for (i, st) in before.iter().enumerate() {
-        if st.state == 'Z' {
-            continue;
-        }
-        let estimate = mm::estimate_page_bytes(st.pid).unwrap_or(0);
-        let id = i as u32 + 1;
-        let path = dir.create(&names::pages(id));
-        let file = PageFile::create(&path, estimate + (1 << 20))
-            .ctx(|| format!("allocating {}", path.display()))?;
-        outs.insert(st.pid, PagesOut { id, path, file });
-    }
-    let bufs = mm::PageBuffers::new();
+    // Allocating is zeroing tmpfs pages: spread over the CPUs.
+    let todo: Vec<(u32, i32, PathBuf)> = before
+        .iter()
+        .enumerate()
+        .filter(|(_, st)| st.state != 'Z')
+        .map(|(i, st)| {
+            (
+                i as u32 + 1,
+                st.pid,
+                dir.create(&names::pages(i as u32 + 1)),
+            )
+        })
+        .collect();
+    let per_thread = todo.len().div_ceil(crate::movers::default_count()).max(1);
+    let allocated = std::thread::scope(|scope| {
+        let workers: Vec<_> = todo
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || -> Result<Vec<(i32, PagesOut)>> {
+                    chunk
+                        .iter()
+                        .map(|(id, pid, path)| {
+                            let (id, pid, path) = (*id, *pid, path.clone());
+                            // Room for what the task may add before the freeze.
+                            let estimate = mm::estimate_page_bytes(pid).unwrap_or(0) + (256 << 10);
+                            let file = PageFile::create(&path, estimate)
+                                .ctx(|| format!("allocating {}", path.display()))?;
+                            Ok((pid, PagesOut { id, path, file }))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("page image allocation panicked"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    outs.extend(allocated.into_iter().flatten());
+    // Two movers, each with its buffers: one reads a process while the
+    // other writes the one before (within one process of a single window,
+    // reading and writing cannot overlap).
+    let nr_movers = crate::movers::default_count().min(2);
+    let bufs: Vec<mm::PageBuffers> = (0..nr_movers).map(|_| mm::PageBuffers::new()).collect();
 
+    tracing::debug!(ms = us(t_alloc) / 1000, "page images allocated");
     let t0 = Instant::now();
     let frozen = FrozenTree::seize(root)?;
     let freezing_us = us(t0);
+    tracing::debug!(ms = freezing_us / 1000, "tree frozen");
     let t_frozen = Instant::now();
 
     let layout: Vec<pb::PstreeEntry> = frozen
@@ -83,9 +118,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let bufs = std::sync::Mutex::new(bufs);
     let memdump_us = AtomicU64::new(0);
     std::thread::scope(|scope| -> Result<()> {
-        // One mover: it has two threads of its own (read, write), and one
-        // set of buffers.
-        let movers = crate::movers::Movers::start(scope, 1);
+        let movers = crate::movers::Movers::start(scope, nr_movers);
         let mut pending = Vec::new();
         for (idx, (stat, tids)) in frozen.procs.iter().enumerate() {
             let pid = stat.pid;
@@ -214,8 +247,14 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
             let (bufs, memdump_us) = (&bufs, &memdump_us);
             pending.push(movers.submit(move || {
                 let t_mem = Instant::now();
-                let mut bufs = bufs.lock().expect("one page reader at a time");
-                mm_dump.read_pages(pid, &file, &out.path, &mut bufs)?;
+                let mut mine = bufs
+                    .lock()
+                    .expect("page buffers")
+                    .pop()
+                    .expect("a set of buffers per mover");
+                let read = mm_dump.read_pages(pid, &file, &out.path, &mut mine);
+                bufs.lock().expect("page buffers").push(mine);
+                read?;
                 file.finish(need)
                     .ctx(|| format!("writing {}", out.path.display()))?;
                 memdump_us.fetch_add(us(t_mem), Ordering::Relaxed);
@@ -225,10 +264,12 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
             dir.write(&names::fs(upid), ImageKind::Fs, &[fs_entry])?;
             pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
         }
+        tracing::debug!(ms = us(t_frozen) / 1000, "every process asked");
         for p in pending {
             p.wait()?;
         }
         movers.finish();
+        tracing::debug!(ms = us(t_frozen) / 1000, "every page written");
         Ok(())
     })?;
     let memdump_us = memdump_us.into_inner();
@@ -300,6 +341,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     } else {
         Release::Kill
     };
+    tracing::debug!(ms = us(t_frozen) / 1000, "images written");
     frozen.release(how)?;
     Ok(DumpStats {
         frozen_us: us(t_frozen),

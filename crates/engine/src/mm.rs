@@ -46,8 +46,9 @@ pub const VMA_AREA_VVAR: u32 = 1 << 12;
 /// `PE_PRESENT` in a pagemap entry: the pages are in pages-N.img.
 pub const PE_PRESENT: u32 = 1 << 2;
 
-/// Pages moved at once (16 MiB): bounds crust's memory.
-const WINDOW: u64 = 16 << 20;
+/// Pages moved at once (8 MiB): bounds crust's memory (two buffers per
+/// page mover at dump).
+const WINDOW: u64 = 8 << 20;
 
 /// Pagemap entries read at once.
 const PAGEMAP_CHUNK: u64 = 64 * 1024;
