@@ -143,7 +143,8 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 let mut more = vec![creds::ask(&r)?];
                 for (&tid, th) in tids.iter().zip(&threads).skip(1) {
                     let mut sib = r.sibling(tid, th.regs);
-                    let f = task::ask(&sib).and_then(|f| Ok((f, creds::ask(&sib)?)));
+                    let f = task::ask_thread(&sib, facts[0].brk, facts[0].dumpable)
+                        .and_then(|f| Ok((f, creds::ask_thread(tid, &more[0])?)));
                     sib.forget_scratch();
                     let (f, m) = f?;
                     facts.push(f);

@@ -458,17 +458,24 @@ fn finish(
     let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
     let tc = main.tc.expect("checked at load");
     signal::restore(&r, &tc.sigactions, &p.cores[0].2)?;
-    // The other threads, each with its own tid.
+    // The other threads, each with its own tid, created once the main
+    // thread has its name (which they inherit).
+    let main_comm = task::comm_of(&main);
+    task::set_comm(&r, main_comm)?;
     let mut tids = vec![pid];
-    for (tid, _, _) in p.cores.iter().skip(1) {
-        let flags = (libc::CLONE_VM
+    for (tid, core, name) in p.cores.iter().skip(1) {
+        let clear_tid = task::parts(core, name)?.ti.clear_tid_addr;
+        let mut flags = (libc::CLONE_VM
             | libc::CLONE_FS
             | libc::CLONE_FILES
             | libc::CLONE_SIGHAND
             | libc::CLONE_THREAD
             | libc::CLONE_SYSVSEM) as u64;
+        if clear_tid != 0 {
+            flags |= libc::CLONE_CHILD_CLEARTID as u64;
+        }
         let set_tid_addr = r.scratch() + (CLONE_ARGS_AT + CLONE_ARGS_SIZE) as u64;
-        let args: Vec<u8> = [flags, 0, 0, 0, 0, 0, 0, 0, set_tid_addr, 1, 0]
+        let args: Vec<u8> = [flags, 0, clear_tid, 0, 0, 0, 0, 0, set_tid_addr, 1, 0]
             .iter()
             .chain(std::iter::once(&(*tid as u64)))
             .flat_map(|v| v.to_ne_bytes())
@@ -502,7 +509,7 @@ fn finish(
             ptrace::set_sigmask(*tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
             task::set_thread_sched(*tid, parts.th)?;
         }
-        let res = task::restore_late(&sib, &parts, i > 0);
+        let res = task::restore_late(&sib, &parts, i > 0, main_comm);
         sib.forget_scratch();
         res?;
     }
