@@ -109,6 +109,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     };
     let mut files = FileTable::new();
     let mut ctx = DumpCtx::new(fd_opts, dir);
+    ctx.scan_terminals(&frozen.procs.iter().map(|(st, _)| st).collect::<Vec<_>>())?;
     let mut shmem = crate::shmem::Dumper::default();
     let mut seccomp = crate::creds::SeccompDumper::default();
     let mut pstree = Vec::new();

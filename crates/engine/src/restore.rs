@@ -241,6 +241,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         dir: &dir,
         pipes: Default::default(),
         ghosts: Default::default(),
+        ttys: Default::default(),
     };
     octx.pipes.set_reg_entries(plan.files.values());
     let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
@@ -272,7 +273,10 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         entries: plan.entries.clone(),
         zombies: plan.zombies.clone(),
         new_pid_ns: opts.new_pid_ns,
-        lineage,
+        lineage: sessions::Lineage {
+            controlling_tty: octx.ttys.controlling(),
+            ..lineage
+        },
     };
     let t_fork = Instant::now();
     let setup = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
@@ -317,6 +321,12 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         reaped.insert(parent);
         Ok(())
     })?;
+    for (sid, pgrp) in octx.ttys.foregrounds() {
+        let leader = restored.outer(sid as i32).unwrap_or(sid as i32);
+        files::tty::set_foreground_in(leader, pgrp)?;
+    }
+    // Only now, as /dev/tty cannot be opened on a locked pty.
+    octx.ttys.finish()?;
     tracing::debug!(ms = us(t_seize) / 1000, "tree seized, groups joined");
     let t_transform = Instant::now();
     // Each process is mapped by the tracer (this thread), which then goes
@@ -361,6 +371,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     tracing::debug!(ms = us(t_transform) / 1000, "every process transformed");
     // Every process has mapped its ghost files: unlink them again.
     drop(mapped_ghosts);
+    let mut octx_ttys = std::mem::take(&mut octx.ttys);
     drop(octx);
     let pages_restored: u64 = plan
         .procs
@@ -381,6 +392,12 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             }),
         }],
     )?;
+    if opts.shell_job {
+        let root = &plan.entries[0];
+        if let Some(pgrp) = octx_ttys.shell_foreground(&dir, root.pgid)? {
+            files::tty::give_shell_terminal(pgrp)?;
+        }
+    }
     // Let the whole tree go together.
     for (pid, tids, state) in &all_tids {
         if *state == Some(task::TASK_STOPPED) {

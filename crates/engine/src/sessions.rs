@@ -34,6 +34,9 @@ pub struct Lineage {
     pub helpers: Vec<Helper>,
     /// The forking pid of each process of the tree.
     pub fork_parent: HashMap<u32, u32>,
+    /// Session leaders that make a terminal their controlling terminal
+    /// right after setsid, with crust's fd of that terminal.
+    pub controlling_tty: HashMap<u32, std::os::fd::RawFd>,
 }
 
 impl Lineage {
@@ -60,6 +63,7 @@ pub fn plan(
     let by_pid: HashMap<u32, &pb::PstreeEntry> = entries.iter().map(|e| (e.pid, e)).collect();
     let shell = |id: u32, of_root: u32| shell_job && id == of_root;
     let mut out = Lineage {
+        controlling_tty: HashMap::new(),
         helpers: Vec::new(),
         fork_parent: entries
             .iter()

@@ -912,6 +912,10 @@ fn become_process(
         }
         if me.sid == me.pid {
             nix::unistd::setsid().ctx(|| "setsid".into())?;
+            if let Some(&tty) = plan.lineage.controlling_tty.get(&me.pid) {
+                crust_sys::tty::set_controlling_raw(tty)
+                    .ctx(|| "TIOCSCTTY of the restored terminal".into())?;
+            }
         } else if me.pgid == me.pid {
             nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
                 .ctx(|| "setpgid".into())?;

@@ -415,6 +415,7 @@ fn tty_info() -> pb::TtyInfoEntry {
         dev: None,
         uid: Some(1000),
         gid: Some(5),
+        crust_slave_hung_up: None,
     }
 }
 

@@ -14,5 +14,6 @@ pub mod procfs;
 pub mod ptrace;
 pub mod remote;
 pub mod task;
+pub mod tty;
 pub mod uffd;
 pub mod vm;

@@ -9,6 +9,7 @@ pub mod ghost;
 mod inotify;
 mod pipe;
 mod reg;
+pub mod tty;
 
 pub use ghost::DEFAULT_GHOST_LIMIT;
 pub use reg::check_unchanged;
@@ -103,6 +104,7 @@ impl Default for FdOptions {
 /// Every kind of file crust handles.
 static KINDS: &[&dyn FileKind] = &[
     &reg::RegularFile,
+    &tty::Pty,
     &reg::ShellTerminal,
     &pipe::Pipe,
     &evfd::Eventfd,
@@ -124,6 +126,8 @@ pub struct DumpCtx<'a> {
     pub ghosts: ghost::DumpState,
     /// Epoll watches waiting for their targets' file ids.
     epolls: epoll::DumpState,
+    /// The tree's pty pairs.
+    ttys: tty::DumpState,
 }
 
 impl<'a> DumpCtx<'a> {
@@ -135,12 +139,21 @@ impl<'a> DumpCtx<'a> {
             pipes: pipe::DumpState::default(),
             ghosts: ghost::DumpState::default(),
             epolls: epoll::DumpState::default(),
+            ttys: tty::DumpState::default(),
         }
+    }
+
+    /// Before any fd is dumped: find the pty pairs of the frozen tree
+    /// (`procs`, root first) and check its controlling terminals.
+    pub fn scan_terminals(&mut self, procs: &[&procfs::Stat]) -> Result<()> {
+        self.ttys = tty::DumpState::scan(procs, self.opts.shell_job)?;
+        Ok(())
     }
 
     /// Write the images the kinds of files collected (pipe data ...).
     pub fn finish(self) -> Result<()> {
         pipe::finish_dump(self.pipes, self.dir)?;
+        self.ttys.finish(self.dir)?;
         ghost::finish_dump(self.ghosts, self.dir)
     }
 }
@@ -157,6 +170,8 @@ pub struct OpenCtx<'a> {
     /// Deleted files recreated for the restore; their paths are unlinked by
     /// [`ghost::OpenState::unlink_all`], or when this is dropped.
     pub ghosts: ghost::OpenState,
+    /// The pty pairs made again.
+    pub ttys: tty::OpenState,
 }
 
 /// The files.img being built during a dump: ids and entries, and one
@@ -356,8 +371,8 @@ fn unsupported_kind(f: &OpenFd) -> String {
             libc::S_IFIFO if f.link.starts_with("pipe:") => "a pipe".into(),
             libc::S_IFIFO => "a FIFO".into(),
             libc::S_IFBLK => "a block device".into(),
-            libc::S_IFCHR if reg::is_tty(&f.stat) => {
-                return "a terminal; dump with --shell-job (-j) to re-attach it at restore".into()
+            libc::S_IFCHR if reg::is_tty(&f.stat) || tty::is_terminal(f) => {
+                return format!("{}, not supported", tty::describe_unsupported(f))
             }
             libc::S_IFCHR => "a character device".into(),
             _ if f.link.ends_with(" (deleted)") => "an open file that was deleted".into(),
