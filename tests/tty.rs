@@ -2,12 +2,14 @@
 //! size, packet mode, lock, exclusive mode, controlling terminal,
 //! foreground group, /dev/tty, job control signals) round trip; python's
 //! pty module in a program crust did not write; data queued in a pty is
-//! refused at dump, naming it, and the task runs on.
+//! refused at dump, naming it, and the task runs on; with --shell-job, a
+//! job that was the foreground of the shell's terminal is the foreground
+//! of the restoring crust's terminal.
 
 use crust_tests::*;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -150,4 +152,110 @@ fn python_pty_module_round_trip() {
     let img = w.images_dir("img");
     dump_and_restore(&mut w, &img);
     w.terminate_and_check();
+}
+
+/// Quote for sh.
+fn sh_quote(x: &str) -> String {
+    format!("'{}'", x.replace('\'', r"'\''"))
+}
+
+/// `script -qfec CMD /dev/null`: CMD in `sh -c`, in a new session on a
+/// fresh pty.
+fn script_cmd(cmd: &str) -> Command {
+    let mut c = Command::new("script");
+    c.env("SHELL", "/bin/sh").args(["-qfec", cmd, "/dev/null"]);
+    c
+}
+
+/// Kills and reaps a background child on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_line(path: &Path, timeout: Duration, what: impl Fn() -> String) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            if t.ends_with('\n') {
+                return t;
+            }
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{} not written within {timeout:?}: {}",
+            path.display(),
+            what()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn shell_job_foreground_round_trip() {
+    let mut w = Workload::start_with(Scratch::new("tty-fg"), "tty", |pidfile, outfile| {
+        let cmd = format!(
+            "{} {} {} foreground; true",
+            sh_quote(s(&workload_bin("tty"))),
+            sh_quote(s(pidfile)),
+            sh_quote(s(outfile))
+        );
+        script_cmd(&cmd)
+    });
+    let img = w.images_dir("img");
+    dump(&w, &img, &["-j"]).ok();
+    w.reap_original();
+    wait_pid_free(w.pid, Duration::from_secs(10));
+    assert_images_decode(&img);
+    let info = crit_show(&img.join("tty-info.img"));
+    assert!(
+        info.contains("EXT_TTY"),
+        "no entry for the shell's terminal:\n{info}"
+    );
+
+    let rc = w.scratch.join("restore.rc");
+    let done = w.scratch.join("restore.done");
+    let rlog = w.scratch.join("restore.log");
+    let out = w.scratch.join("restore-script.out");
+    let cmd = format!(
+        "{} restore -D {} -j -d -v4 -o {}; echo $? > {}; while [ ! -e {} ]; do sleep 0.1; done",
+        sh_quote(s(&crust_bin())),
+        sh_quote(s(&img)),
+        sh_quote(s(&rlog)),
+        sh_quote(s(&rc)),
+        sh_quote(s(&done)),
+    );
+    let outf = std::fs::File::create(&out).unwrap();
+    let _guard = ChildGuard(
+        script_cmd(&cmd)
+            .stdin(Stdio::null())
+            .stdout(outf.try_clone().unwrap())
+            .stderr(outf)
+            .spawn()
+            .expect("spawn script"),
+    );
+    let logs = || {
+        format!(
+            "\n--- script output ---\n{}\n--- restore.log ---\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            std::fs::read_to_string(&rlog).unwrap_or_default()
+        )
+    };
+    let code = wait_line(&rc, Duration::from_secs(30), logs);
+    assert_eq!(
+        code.trim(),
+        "0",
+        "crust restore -j under a pty failed:{}",
+        logs()
+    );
+    w.mark_restored();
+    wait_restored(w.pid, Duration::from_secs(10));
+    w.terminate_and_check();
+    std::fs::write(&done, b"").unwrap();
 }

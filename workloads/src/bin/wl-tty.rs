@@ -6,6 +6,10 @@
 //! (at restore with --shell-job they are the restoring crust's terminal,
 //! not the old one), with the same access modes as before, and writing to
 //! stdout and stderr works.
+//!
+//! With `foreground`, it makes its group the terminal's foreground job (as
+//! an interactive shell does for the job it starts), and checks after
+//! restore that it still is.
 
 use workloads::{die, Checker};
 
@@ -42,6 +46,17 @@ fn write_all(fd: i32, msg: &[u8]) -> Result<(), String> {
 
 fn main() {
     let p = workloads::init_shell_job();
+    let foreground = p.args.first().is_some_and(|a| a == "foreground");
+    if foreground {
+        // SIGTTOU is ignored meanwhile: the group starts in the background.
+        unsafe {
+            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            if libc::tcsetpgrp(0, libc::getpgrp()) != 0 {
+                die(&format!("tcsetpgrp: {}", std::io::Error::last_os_error()));
+            }
+            libc::signal(libc::SIGTTOU, old);
+        }
+    }
     let before: Vec<Tty> = (0..3).map(tty).collect();
     for (fd, t) in before.iter().enumerate() {
         if !t.isatty {
@@ -75,6 +90,10 @@ fn main() {
             )
         },
     );
+    if foreground {
+        let (me, fg) = unsafe { (libc::getpgrp(), libc::tcgetpgrp(0)) };
+        c.eq("foreground job of the terminal", me, fg);
+    }
     if let Err(e) = write_all(1, b"wl-tty: stdout still works\n") {
         c.fail(e);
     }
