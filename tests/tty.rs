@@ -56,6 +56,83 @@ fn pty_session_round_trip() {
     w.terminate_and_check();
 }
 
+/// Copy the image folder `from` to `to`.
+fn copy_images(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn bad_tty_images_refused_then_restored() {
+    let mut w = Workload::start("pty", &[]);
+    let img = w.images_dir("img");
+    dump(&w, &img, &[]).ok();
+    w.reap_original();
+    for pid in tree_pids(&img) {
+        wait_pid_free(pid, Duration::from_secs(10));
+    }
+    for how in [
+        Corruption::Missing,
+        Corruption::Empty,
+        Corruption::Half,
+        Corruption::FlipMagic,
+        Corruption::FlipLength,
+    ] {
+        let bad = w.images_dir(&format!("bad-{how:?}"));
+        copy_images(&img, &bad);
+        corrupt(&bad.join("tty-info.img"), how);
+        restore(&w, &bad, &["-d"])
+            .fails()
+            .stderr_names(&["tty-info"]);
+        for pid in tree_pids(&img) {
+            assert_pid_free(pid);
+        }
+    }
+    restore(&w, &img, &["-d"]).ok();
+    w.mark_restored();
+    wait_restored(w.pid, Duration::from_secs(10));
+    w.terminate_and_check();
+}
+
+/// The pids whose parent is `ppid`.
+fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        if after.split(' ').nth(1).and_then(|p| p.parse().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn session_on_a_pty_whose_master_is_outside_refused() {
+    let mut w = Workload::start("pty", &[]);
+    let kids = children_of(w.pid);
+    assert_eq!(kids.len(), 1, "wl-pty has children {kids:?}");
+    let img = w.images_dir("img");
+    let r = crust(&["dump", "-t", &kids[0].to_string(), "-D", s(&img)]).fails();
+    let low = r.stderr.to_lowercase();
+    assert!(
+        low.contains("terminal") && low.contains("master"),
+        "the refusal does not name the terminal and its master:\n{}",
+        r.describe()
+    );
+    assert!(w.is_alive(), "refused dump killed the task");
+    wait_restored(kids[0], Duration::from_secs(5));
+    w.terminate_and_check();
+}
+
 #[test]
 fn pty_with_queued_data_refused() {
     let mut w = Workload::start("pty", &["queued"]);
