@@ -771,3 +771,46 @@ pub fn give_shell_terminal(pgrp: u32) -> Result<()> {
     ktty::set_foreground_group(tty, pgrp as i32)
         .ctx(|| format!("making group {pgrp} the foreground job of crust's terminal"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices() {
+        assert!(is_ptmx(libc::makedev(5, 2)));
+        assert!(is_dev_tty(libc::makedev(5, 0)));
+        assert_eq!(slave_index(libc::makedev(136, 7)), Some(7));
+        assert_eq!(slave_index(libc::makedev(136, 300)), Some(300));
+        assert_eq!(slave_index(libc::makedev(137, 1)), Some(257));
+        assert_eq!(slave_index(libc::makedev(4, 1)), None);
+    }
+
+    #[test]
+    fn termios_round_trip_and_bad_entries() {
+        let t = ktty::Termios {
+            iflag: 0o42400,
+            oflag: 5,
+            cflag: 0o10260,
+            lflag: 0o104473,
+            line: 0,
+            cc: [7; 19],
+            ispeed: 23456,
+            ospeed: 23456,
+        };
+        assert_eq!(termios_of(&termios_entry(&t)).unwrap(), t);
+        let mut e = termios_entry(&t);
+        e.c_cc.push(1);
+        assert!(termios_of(&e).is_err(), "20 control characters");
+        let mut e = termios_entry(&t);
+        e.c_cc[3] = 256;
+        assert!(termios_of(&e).is_err(), "a control character above 255");
+        let w = pb::WinsizeEntry {
+            ws_row: 70000,
+            ws_col: 1,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        assert!(winsize_of(&w).is_err());
+    }
+}
