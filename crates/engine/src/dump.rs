@@ -106,6 +106,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
         ghost_limit: opts.ghost_limit,
+        file_locks: opts.file_locks,
     };
     let mut files = FileTable::new();
     let mut ctx = DumpCtx::new(fd_opts, dir);

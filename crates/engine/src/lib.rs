@@ -55,6 +55,9 @@ pub struct DumpOptions {
     /// The largest deleted-but-open file dumped (as a ghost file), bytes;
     /// [`DEFAULT_GHOST_LIMIT`] is CRIU's default.
     pub ghost_limit: u64,
+    /// Dump the file locks and leases the tasks hold (CRIU's
+    /// `--file-locks`); without it a task holding one is refused.
+    pub file_locks: bool,
 }
 
 /// Figures of a finished dump.

@@ -30,6 +30,8 @@ struct ProcPlan {
     fdinfos: Vec<pb::FdinfoEntry>,
     cwd: String,
     root: String,
+    /// The file locks it holds.
+    locks: Vec<pb::FileLockEntry>,
 }
 
 /// A whole tree to restore.
@@ -195,9 +197,20 @@ fn load(dir: &ImageDir) -> Result<Plan> {
                 fdinfos,
                 cwd,
                 root,
+                locks: Vec::new(),
             },
         );
         let _ = fs.umask;
+    }
+    let locks = files::locks::load(dir, |pid, fd| {
+        procs
+            .get(&pid)
+            .is_some_and(|p: &ProcPlan| p.fdinfos.iter().any(|f| f.fd == fd))
+    })?;
+    for (pid, l) in locks {
+        if let Some(p) = procs.get_mut(&pid) {
+            p.locks = l;
+        }
     }
     Ok(Plan {
         entries,
@@ -235,6 +248,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
         ghost_limit: files::DEFAULT_GHOST_LIMIT,
+        file_locks: false,
     };
     let mut octx = OpenCtx {
         opts: fd_opts,
@@ -510,6 +524,7 @@ fn finish(
     // and seccomp last.
     crate::pending::restore(&r, &p.cores, &tids)?;
     crate::timers::restore(&r, pid, tc.timers.as_ref())?;
+    files::locks::restore(&r, &p.locks)?;
     creds.apply(&r, &tids, &p.cores, p.mm.thp_disabled)?;
     task::restore_dumpable(&r, p.mm.dumpable)?;
     r.unmap_scratch()?;

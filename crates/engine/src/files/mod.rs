@@ -7,6 +7,7 @@ mod epoll;
 mod evfd;
 pub mod ghost;
 mod inotify;
+pub mod locks;
 mod pipe;
 mod reg;
 
@@ -89,6 +90,8 @@ pub struct FdOptions {
     pub shell_job: bool,
     /// --ghost-limit: the largest deleted file dumped as a ghost file, bytes.
     pub ghost_limit: u64,
+    /// --file-locks: dump the file locks the tasks hold.
+    pub file_locks: bool,
 }
 
 impl Default for FdOptions {
@@ -96,6 +99,7 @@ impl Default for FdOptions {
         FdOptions {
             shell_job: false,
             ghost_limit: DEFAULT_GHOST_LIMIT,
+            file_locks: false,
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct DumpCtx<'a> {
     pub ghosts: ghost::DumpState,
     /// Epoll watches waiting for their targets' file ids.
     epolls: epoll::DumpState,
+    /// File locks and leases.
+    locks: locks::DumpState,
 }
 
 impl<'a> DumpCtx<'a> {
@@ -135,12 +141,14 @@ impl<'a> DumpCtx<'a> {
             pipes: pipe::DumpState::default(),
             ghosts: ghost::DumpState::default(),
             epolls: epoll::DumpState::default(),
+            locks: locks::DumpState::new(opts.file_locks),
         }
     }
 
     /// Write the images the kinds of files collected (pipe data ...).
     pub fn finish(self) -> Result<()> {
         pipe::finish_dump(self.pipes, self.dir)?;
+        self.locks.finish(self.dir)?;
         ghost::finish_dump(self.ghosts, self.dir)
     }
 }
@@ -306,6 +314,7 @@ pub fn dump_fds(
             0
         };
         if let Some(id) = table.known(&f)? {
+            ctx.locks.collect(&f, id)?;
             let t = table.entries[id as usize - 1].r#type;
             out.push(pb::FdinfoEntry {
                 id,
@@ -325,6 +334,7 @@ pub fn dump_fds(
             })?;
         let id = table.next_id();
         let entry = kind.dump(&f, id, ctx)?;
+        ctx.locks.collect(&f, id)?;
         out.push(pb::FdinfoEntry {
             id,
             flags: cloexec,

@@ -15,6 +15,7 @@
 mod auxv;
 mod fdinfo;
 mod limits;
+mod locks;
 mod maps;
 mod misc;
 mod mountinfo;
@@ -31,6 +32,7 @@ pub use fdinfo::{
     TimerfdInfo,
 };
 pub use limits::{parse_limits, resource_of_row, Rlimit, RLIM_INFINITY};
+pub use locks::{parse_lock_line, LockKind, LockLine};
 pub use maps::{parse_maps, parse_smaps, VmFlags, Vma, VmaPath};
 pub use misc::{parse_personality, parse_timers, PosixTimer, TimerNotify};
 pub use mountinfo::{parse_mountinfo, unescape_octal, MountInfo, OptionalField};
@@ -67,6 +69,8 @@ pub enum ProcFile {
     Personality,
     /// `/proc/PID/timers`.
     Timers,
+    /// `/proc/locks` (and the `lock:` lines of fdinfo).
+    Locks,
 }
 
 impl ProcFile {
@@ -84,6 +88,7 @@ impl ProcFile {
             ProcFile::Pagemap => "/proc/PID/pagemap",
             ProcFile::Personality => "/proc/PID/personality",
             ProcFile::Timers => "/proc/PID/timers",
+            ProcFile::Locks => "/proc/locks",
         }
     }
 }

@@ -1,0 +1,101 @@
+//! File locks (flock, POSIX, OFD, leases) with --file-locks, pidfds, AIO
+//! contexts and fanotify groups: round trips where each workload checks its
+//! own state after restore, and refusals that name what they refuse and
+//! leave the task running.
+
+use crust_image::{pb, read_entries, write_entries, ImageKind};
+use crust_tests::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Dump with `extra` (killing the task), wait until the tree's pids are
+/// free, decode the images with crit, restore detached, wait until the
+/// task runs again.
+fn dump_and_restore(w: &mut Workload, img: &Path, extra: &[&str]) {
+    dump(w, img, extra).ok();
+    w.reap_original();
+    for pid in tree_pids(img) {
+        wait_pid_free(pid, Duration::from_secs(10));
+    }
+    assert_images_decode(img);
+    restore(w, img, &["-d"]).ok();
+    w.mark_restored();
+    wait_restored(w.pid, Duration::from_secs(10));
+}
+
+/// A dump with `extra` must fail naming every one of `names`, write no
+/// inventory and leave the task running.
+fn refused(w: &mut Workload, extra: &[&str], names: &[&str]) {
+    let dir = w.images_dir("img");
+    dump(w, &dir, extra).fails().stderr_names(names);
+    assert!(
+        !dir.join("inventory.img").exists(),
+        "refused dump left an inventory.img"
+    );
+    assert!(w.is_alive(), "refused dump killed the task");
+    wait_restored(w.pid, Duration::from_secs(5));
+    w.terminate_and_check();
+}
+
+fn start_locks(args: &[&str]) -> Workload {
+    let scratch = Scratch::new("locks");
+    let dir = scratch.subdir("files");
+    let mut all = vec![s(&dir).to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    Workload::start_in(scratch, "locks", &all)
+}
+
+#[test]
+fn locks_pass_without_dump() {
+    let mut w = start_locks(&[]);
+    w.terminate_and_check();
+}
+
+#[test]
+fn locks_round_trip() {
+    let mut w = start_locks(&[]);
+    let img = w.images_dir("img");
+    dump_and_restore(&mut w, &img, &["--file-locks"]);
+    let shown = crust(&["show", s(&img.join("file-locks.img"))]).ok().stdout;
+    assert!(
+        shown.contains("FILE_LOCKS") && shown.matches("\"flag\"").count() == 7,
+        "file-locks.img should hold 7 locks:\n{shown}"
+    );
+    w.terminate_and_check();
+}
+
+#[test]
+fn locks_refused_without_file_locks() {
+    let mut w = start_locks(&[]);
+    refused(&mut w, &[], &["--file-locks", "fd 10", "FLOCK"]);
+}
+
+/// A child of the tree blocked in flock waits again after restore.
+#[test]
+fn lock_waiter_round_trip() {
+    let mut w = start_locks(&["waiter"]);
+    let img = w.images_dir("img");
+    dump_and_restore(&mut w, &img, &["--file-locks"]);
+    w.terminate_and_check();
+}
+
+#[test]
+fn lock_on_a_missing_fd_is_a_bad_image() {
+    let mut w = start_locks(&[]);
+    let img = w.images_dir("img");
+    dump(&w, &img, &["--file-locks"]).ok();
+    w.reap_original();
+    let path = img.join("file-locks.img");
+    let mut locks: Vec<pb::FileLockEntry> = read_entries(&path, ImageKind::FileLocks).unwrap();
+    locks[0].fd = 99;
+    write_entries(&path, ImageKind::FileLocks, &locks).unwrap();
+    restore(&w, &img, &["-d"])
+        .fails()
+        .stderr_names(&["file-locks.img", "fd 99"]);
+    assert_pid_free(w.pid);
+}
