@@ -99,3 +99,23 @@ fn lock_on_a_missing_fd_is_a_bad_image() {
         .stderr_names(&["file-locks.img", "fd 99"]);
     assert_pid_free(w.pid);
 }
+
+#[test]
+fn pidfd_pass_without_dump() {
+    let mut w = Workload::start("pidfd", &[]);
+    w.terminate_and_check();
+}
+
+#[test]
+fn pidfd_round_trip() {
+    let mut w = Workload::start("pidfd", &[]);
+    let img = w.images_dir("img");
+    dump_and_restore(&mut w, &img, &[]);
+    let files = crust(&["show", s(&img.join("files.img"))]).ok().stdout;
+    assert_eq!(
+        files.matches("\"nspid\"").count(),
+        5,
+        "files.img should hold 5 pidfds (the dup shares one):\n{files}"
+    );
+    w.terminate_and_check();
+}

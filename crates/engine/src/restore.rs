@@ -30,8 +30,8 @@ struct ProcPlan {
     fdinfos: Vec<pb::FdinfoEntry>,
     cwd: String,
     root: String,
-    /// The file locks it holds.
-    locks: Vec<pb::FileLockEntry>,
+    /// What it does itself late: file locks, pidfds of the tree.
+    late: files::LateFds,
 }
 
 /// A whole tree to restore.
@@ -197,20 +197,18 @@ fn load(dir: &ImageDir) -> Result<Plan> {
                 fdinfos,
                 cwd,
                 root,
-                locks: Vec::new(),
+                late: Default::default(),
             },
         );
         let _ = fs.umask;
     }
-    let locks = files::locks::load(dir, |pid, fd| {
-        procs
-            .get(&pid)
-            .is_some_and(|p: &ProcPlan| p.fdinfos.iter().any(|f| f.fd == fd))
-    })?;
-    for (pid, l) in locks {
-        if let Some(p) = procs.get_mut(&pid) {
-            p.locks = l;
-        }
+    let tables = procs
+        .iter()
+        .map(|(&pid, p)| (pid, p.fdinfos.as_slice()))
+        .collect();
+    let mut late = files::plan_late(dir, &files, &tables, &tree_ids(&entries))?;
+    for (pid, p) in procs.iter_mut() {
+        p.late = late.remove(pid).unwrap_or_default();
     }
     Ok(Plan {
         entries,
@@ -255,6 +253,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         dir: &dir,
         pipes: Default::default(),
         ghosts: Default::default(),
+        tree: tree_ids(&plan.entries),
     };
     octx.pipes.set_reg_entries(plan.files.values());
     let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
@@ -415,6 +414,14 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     Ok(out)
 }
 
+/// Every pid and tid of the tree `entries`.
+fn tree_ids(entries: &[pb::PstreeEntry]) -> HashSet<u32> {
+    entries
+        .iter()
+        .flat_map(|e| e.threads.iter().copied().chain([e.pid]))
+        .collect()
+}
+
 /// `struct clone_args` size (clone3), up to and including `cgroup`.
 const CLONE_ARGS_SIZE: usize = 88;
 /// Where in the scratch area the clone3 arguments go.
@@ -524,7 +531,7 @@ fn finish(
     // and seccomp last.
     crate::pending::restore(&r, &p.cores, &tids)?;
     crate::timers::restore(&r, pid, tc.timers.as_ref())?;
-    files::locks::restore(&r, &p.locks)?;
+    files::restore_late(&r, &p.late)?;
     creds.apply(&r, &tids, &p.cores, p.mm.thp_disabled)?;
     task::restore_dumpable(&r, p.mm.dumpable)?;
     r.unmap_scratch()?;

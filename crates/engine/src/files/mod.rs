@@ -8,13 +8,14 @@ mod evfd;
 pub mod ghost;
 mod inotify;
 pub mod locks;
+mod pidfds;
 mod pipe;
 mod reg;
 
 pub use ghost::DEFAULT_GHOST_LIMIT;
 pub use reg::check_unchanged;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crust_image::pb;
@@ -43,6 +44,8 @@ pub mod fd_type {
     pub const TTY: i32 = 11;
     /// A timerfd.
     pub const TIMERFD: i32 = 17;
+    /// A pidfd.
+    pub const PIDFD: i32 = 20;
 }
 
 /// One open file of a task as seen from crust: the task's fd, a duplicate
@@ -114,6 +117,7 @@ static KINDS: &[&dyn FileKind] = &[
     &evfd::Timerfd,
     &epoll::Epoll,
     &inotify::Inotify,
+    &pidfds::Pidfd,
 ];
 
 /// What the kinds of files share during one dump.
@@ -165,6 +169,48 @@ pub struct OpenCtx<'a> {
     /// Deleted files recreated for the restore; their paths are unlinked by
     /// [`ghost::OpenState::unlink_all`], or when this is dropped.
     pub ghosts: ghost::OpenState,
+    /// Every pid and tid of the restored tree (as the images name them).
+    pub tree: HashSet<u32>,
+}
+
+/// What a restored process does itself once its memory and threads are in
+/// place, before its credentials change: take its file locks again and
+/// open its pidfds of the tree's own processes.
+#[derive(Default)]
+pub struct LateFds {
+    locks: Vec<pb::FileLockEntry>,
+    pidfds: Vec<pidfds::InTree>,
+}
+
+/// The [`LateFds`] of each process of `tables` (pid, fd table), from
+/// file-locks.img and the pidfds of `files` that refer to `tree`.
+pub fn plan_late(
+    dir: &ImageDir,
+    files: &HashMap<u32, pb::FileEntry>,
+    tables: &HashMap<u32, &[pb::FdinfoEntry]>,
+    tree: &HashSet<u32>,
+) -> Result<HashMap<u32, LateFds>> {
+    let mut locks = locks::load(dir, |pid, fd| {
+        tables
+            .get(&pid)
+            .is_some_and(|t| t.iter().any(|f| f.fd == fd))
+    })?;
+    let mut out = HashMap::new();
+    for (&pid, table) in tables {
+        let late = LateFds {
+            locks: locks.remove(&pid).unwrap_or_default(),
+            pidfds: pidfds::in_tree(files, table, tree)?,
+        };
+        out.insert(pid, late);
+    }
+    Ok(out)
+}
+
+/// In a restored process (`r` with its scratch area mapped): do what
+/// [`LateFds`] holds.
+pub fn restore_late(r: &crate::remote::Remote, late: &LateFds) -> Result<()> {
+    pidfds::restore_in_tree(r, &late.pidfds)?;
+    locks::restore(r, &late.locks)
 }
 
 /// The files.img being built during a dump: ids and entries, and one
