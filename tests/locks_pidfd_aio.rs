@@ -119,3 +119,38 @@ fn pidfd_round_trip() {
     );
     w.terminate_and_check();
 }
+
+fn start_aio(args: &[&str]) -> Workload {
+    let scratch = Scratch::new("aio");
+    let dir = scratch.subdir("files");
+    let mut all = vec![s(&dir).to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    Workload::start_in(scratch, "aio", &all)
+}
+
+#[test]
+fn aio_pass_without_dump() {
+    let mut w = start_aio(&[]);
+    w.terminate_and_check();
+}
+
+#[test]
+fn aio_round_trip() {
+    let mut w = start_aio(&[]);
+    let img = w.images_dir("img");
+    dump_and_restore(&mut w, &img, &[]);
+    let mm = crust(&["show", s(&image_file(&img, "mm-"))]).ok().stdout;
+    assert_eq!(
+        mm.matches("\"ring_len\"").count(),
+        2,
+        "mm image should hold 2 AIO rings:\n{mm}"
+    );
+    w.terminate_and_check();
+}
+
+#[test]
+fn aio_with_unreaped_events_refused() {
+    let mut w = start_aio(&["pending"]);
+    refused(&mut w, &[], &["AIO context", "not reaped"]);
+}

@@ -5,6 +5,7 @@
 //! from the images with its pid, memory, files and registers. One module per
 //! kind of state holds both directions.
 
+pub mod aio;
 pub mod creds;
 mod dump;
 pub mod error;

@@ -240,6 +240,11 @@ fn classify(
             e.crust_memfd = Some(path.trim_start_matches("/memfd:").to_string());
             PageRule::None
         }
+        VmaPath::File { path, deleted } if crate::aio::is_ring(path, *deleted, v.shared) => {
+            e.status |= crate::aio::VMA_AREA_AIORING;
+            e.flags |= libc::MAP_ANONYMOUS as u32;
+            PageRule::None
+        }
         VmaPath::File { path, deleted } => {
             if path.starts_with("/memfd:") {
                 return Err(unsupported("private memfd memory"));
@@ -312,8 +317,12 @@ pub fn collect(
     let mut entries = Vec::with_capacity(vmas.len());
     let mut runs: Vec<PageRun> = Vec::new();
     let mut unreadable = Vec::new();
+    let mut aios = Vec::new();
     for v in &vmas {
         let (e, rule) = classify(pid, v, files, ctx)?;
+        if e.status & crate::aio::VMA_AREA_AIORING != 0 {
+            aios.push(crate::aio::dump(pid, v.start, v.end)?);
+        }
         entries.push(e);
         if rule == PageRule::None {
             continue;
@@ -366,6 +375,7 @@ pub fn collect(
         exe_file_id,
         mm_saved_auxv: auxv,
         vmas: entries,
+        aios,
         ..Default::default()
     };
     Ok(MmDump {
@@ -520,8 +530,10 @@ fn windows(ranges: &[RemoteRange]) -> Vec<(u64, &[RemoteRange])> {
 /// Where a restored task's files come from: reg file entries by id.
 pub type FileIndex = HashMap<u32, pb::RegFileEntry>;
 
+/// The vdso area, vsyscall and AIO rings (made by the kernel, not mapped).
 fn is_special(v: &pb::VmaEntry) -> bool {
-    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0
+    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | crate::aio::VMA_AREA_AIORING)
+        != 0
 }
 
 /// Lowest address a task can map (the usual vm.mmap_min_addr).
@@ -807,6 +819,7 @@ pub fn map_vmas<'a>(
     for fd in fds.into_values() {
         r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
+    crate::aio::restore(r, &mm.aios)?;
     collapse(r, &runs, &extents, pages, pages_name)?;
     let uffd = uffd.map(|u| {
         // A VMA the userfaultfd refuses is written the plain way.
