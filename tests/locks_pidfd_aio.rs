@@ -154,3 +154,38 @@ fn aio_with_unreaped_events_refused() {
     let mut w = start_aio(&["pending"]);
     refused(&mut w, &[], &["AIO context", "not reaped"]);
 }
+
+fn start_fanotify(args: &[&str]) -> Workload {
+    let scratch = Scratch::new("fanotify");
+    let dir = scratch.subdir("watched");
+    let mut all = vec![s(&dir).to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    Workload::start_in(scratch, "fanotify", &all)
+}
+
+#[test]
+fn fanotify_pass_without_dump() {
+    let mut w = start_fanotify(&[]);
+    w.terminate_and_check();
+}
+
+#[test]
+fn fanotify_round_trip() {
+    let mut w = start_fanotify(&[]);
+    let img = w.images_dir("img");
+    dump_and_restore(&mut w, &img, &[]);
+    let files = crust(&["show", s(&img.join("files.img"))]).ok().stdout;
+    assert_eq!(
+        files.matches("\"mflags\"").count(),
+        3,
+        "files.img should hold 3 fanotify marks:\n{files}"
+    );
+    w.terminate_and_check();
+}
+
+#[test]
+fn fanotify_filesystem_mark_refused() {
+    let mut w = start_fanotify(&["fs"]);
+    refused(&mut w, &[], &["fd 15", "fanotify", "FAN_MARK_FILESYSTEM"]);
+}

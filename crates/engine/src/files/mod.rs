@@ -5,6 +5,7 @@
 
 mod epoll;
 mod evfd;
+mod fanotify;
 pub mod ghost;
 mod inotify;
 pub mod locks;
@@ -42,6 +43,8 @@ pub mod fd_type {
     pub const SIGNALFD: i32 = 9;
     /// A terminal.
     pub const TTY: i32 = 11;
+    /// A fanotify group.
+    pub const FANOTIFY: i32 = 12;
     /// A timerfd.
     pub const TIMERFD: i32 = 17;
     /// A pidfd.
@@ -117,6 +120,7 @@ static KINDS: &[&dyn FileKind] = &[
     &evfd::Timerfd,
     &epoll::Epoll,
     &inotify::Inotify,
+    &fanotify::Fanotify,
     &pidfds::Pidfd,
 ];
 

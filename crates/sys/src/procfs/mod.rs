@@ -28,8 +28,8 @@ mod tests;
 
 pub use auxv::parse_auxv;
 pub use fdinfo::{
-    parse_epoll_tfd, parse_fdinfo, parse_inotify_wd, EpollTfd, EventfdInfo, FdInfo, InotifyWd,
-    TimerfdInfo,
+    parse_epoll_tfd, parse_fanotify_mark, parse_fdinfo, parse_inotify_wd, EpollTfd, EventfdInfo,
+    FanotifyInfo, FanotifyMark, FanotifyTarget, FdInfo, InotifyWd, TimerfdInfo,
 };
 pub use limits::{parse_limits, resource_of_row, Rlimit, RLIM_INFINITY};
 pub use locks::{parse_lock_line, LockKind, LockLine};
