@@ -63,8 +63,8 @@ fn locks_round_trip() {
     dump_and_restore(&mut w, &img, &["--file-locks"]);
     let shown = crust(&["show", s(&img.join("file-locks.img"))]).ok().stdout;
     assert!(
-        shown.contains("FILE_LOCKS") && shown.matches("\"flag\"").count() == 7,
-        "file-locks.img should hold 7 locks:\n{shown}"
+        shown.contains("FILE_LOCKS") && shown.matches("\"flag\"").count() == 8,
+        "file-locks.img should hold 8 locks:\n{shown}"
     );
     w.terminate_and_check();
 }

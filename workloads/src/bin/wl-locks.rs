@@ -2,11 +2,12 @@
 //! fd 10 flock.f with flock LOCK_EX; fd 11 shared.f with flock LOCK_SH;
 //! fd 12 posix.f with POSIX locks WRITE 10..19 and READ 100..EOF; fd 13
 //! ofd.f with OFD locks WRITE 0..4 and READ 50..59; fd 14 lease.f (read
-//! only) with a read lease. With `waiter`, a child blocks in flock(LOCK_EX)
+//! only) with a read lease; fd 16 lease-w.f (read-write) with a write
+//! lease. With `waiter`, a child blocks in flock(LOCK_EX)
 //! on flock.f (a task waiting for a lock).
 //!
 //! After SIGTERM: the fdinfo `lock:` lines of fds 10-14 are what they were;
-//! F_GETLEASE on fd 14 says F_RDLCK; a child forked now sees every
+//! F_GETLEASE on fd 14 says F_RDLCK, on fd 16 F_WRLCK; a child forked now sees every
 //! conflict from outside: flock LOCK_NB fails on flock.f, LOCK_SH works on
 //! shared.f and LOCK_EX does not, F_GETLK on posix.f and F_OFD_GETLK on
 //! ofd.f report the very locks, ranges and types above (the POSIX ones
@@ -24,6 +25,7 @@ const SHARED_FD: i32 = 11;
 const POSIX_FD: i32 = 12;
 const OFD_FD: i32 = 13;
 const LEASE_FD: i32 = 14;
+const WLEASE_FD: i32 = 16;
 const F_OFD_GETLK: i32 = 36;
 const F_OFD_SETLK: i32 = 37;
 
@@ -79,7 +81,7 @@ fn get_lock(fd: i32, cmd: i32, t: i32, start: i64, len: i64) -> (i32, i64, i64, 
 /// The `lock:` lines of fds 10-14, without their per-fd numbers.
 fn lock_lines() -> Vec<String> {
     let mut out = Vec::new();
-    for fd in FLOCK_FD..=LEASE_FD {
+    for fd in FLOCK_FD..=WLEASE_FD {
         let t = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
         for l in t.lines().filter(|l| l.starts_with("lock:")) {
             let words: Vec<&str> = l.split_whitespace().skip(2).collect();
@@ -194,6 +196,9 @@ fn check(dir: &Path, c: &mut Checker) {
     c.eq("F_GETLEASE", libc::F_RDLCK, unsafe {
         libc::fcntl(LEASE_FD, libc::F_GETLEASE)
     });
+    c.eq("F_GETLEASE (write)", libc::F_WRLCK, unsafe {
+        libc::fcntl(WLEASE_FD, libc::F_GETLEASE)
+    });
     let parent = workloads::raw_getpid();
     match unsafe { libc::fork() } {
         0 => check_from_child(dir, parent),
@@ -230,11 +235,14 @@ fn main() {
     open_at(&dir.join("ofd.f"), libc::O_RDWR, OFD_FD);
     std::fs::write(dir.join("lease.f"), b"lease\n").unwrap();
     open_at(&dir.join("lease.f"), libc::O_RDONLY, LEASE_FD);
+    open_at(&dir.join("lease-w.f"), libc::O_RDWR, WLEASE_FD);
     unsafe {
         if libc::flock(FLOCK_FD, libc::LOCK_EX) != 0 || libc::flock(SHARED_FD, libc::LOCK_SH) != 0 {
             die("flock");
         }
-        if libc::fcntl(LEASE_FD, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
+        if libc::fcntl(LEASE_FD, libc::F_SETLEASE, libc::F_RDLCK) != 0
+            || libc::fcntl(WLEASE_FD, libc::F_SETLEASE, libc::F_WRLCK) != 0
+        {
             die(&format!("F_SETLEASE: {}", std::io::Error::last_os_error()));
         }
     }
