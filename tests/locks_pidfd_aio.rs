@@ -189,3 +189,35 @@ fn fanotify_filesystem_mark_refused() {
     let mut w = start_fanotify(&["fs"]);
     refused(&mut w, &[], &["fd 15", "fanotify", "FAN_MARK_FILESYSTEM"]);
 }
+
+/// A permission mark with an event queued, whose opener (outside the
+/// tree) waits for the answer: refused, the opener gets its answer once
+/// the task runs on.
+#[test]
+fn fanotify_queued_permission_event_refused() {
+    let mut w = start_fanotify(&["perm"]);
+    let gate = w.scratch.join("watched/gate");
+    let mut opener = std::process::Command::new("cat")
+        .arg(&gate)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cat");
+    std::thread::sleep(Duration::from_millis(300));
+    refused(&mut w, &[], &["fd 15", "fanotify", "permission events"]);
+    let status = wait_child(&mut opener, Duration::from_secs(10));
+    assert!(status.success(), "cat of the gate: {status}");
+}
+
+#[test]
+fn fanotify_permission_mark_refused() {
+    let mut w = start_fanotify(&["perm"]);
+    refused(&mut w, &[], &["fd 15", "fanotify", "permission events"]);
+}
+
+#[test]
+fn fanotify_content_class_round_trip() {
+    let mut w = start_fanotify(&["content"]);
+    let img = w.images_dir("img");
+    dump_and_restore(&mut w, &img, &[]);
+    w.terminate_and_check();
+}

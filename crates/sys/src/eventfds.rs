@@ -274,19 +274,3 @@ pub fn fanotify_mark(fd: impl AsFd, flags: u32, mask: u64, path: &Path) -> io::R
     })
     .map(drop)
 }
-
-/// `ioctl(FIONREAD)`: the bytes ready to be read (queued events of an
-/// inotify or fanotify fd).
-pub fn bytes_queued(fd: impl AsFd) -> io::Result<u32> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, which lives
-    // across the call.
-    int_result(unsafe {
-        libc::ioctl(
-            fd.as_fd().as_raw_fd(),
-            libc::FIONREAD,
-            &mut n as *mut libc::c_int,
-        ) as libc::c_long
-    })?;
-    Ok(n as u32)
-}

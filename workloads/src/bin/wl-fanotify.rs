@@ -1,8 +1,12 @@
-//! wl-fanotify DIR [fs]: a fanotify group at fd 15 (FAN_CLASS_NOTIF,
+//! wl-fanotify DIR [fs|perm|content]: a fanotify group at fd 15 (FAN_CLASS_NOTIF,
 //! FAN_NONBLOCK, events O_RDONLY|O_LARGEFILE) with an inode mark on
 //! DIR/a (FAN_MODIFY | FAN_CLOSE_WRITE), a mount mark on DIR's mount
 //! (FAN_ACCESS) and an ignored mask on DIR/quiet (FAN_ACCESS, surviving
 //! modification). With `fs`, also a filesystem mark (which dump refuses).
+//! With `perm`, the group is FAN_CLASS_CONTENT with a FAN_OPEN_PERM mark
+//! on DIR/gate, whose opener (outside the tree) waits for an answer; after
+//! SIGTERM every permission event queued is answered FAN_ALLOW. With
+//! `content`, the group is FAN_CLASS_CONTENT with the marks above only.
 //!
 //! After SIGTERM: the fdinfo shows the same group flags and marks; writing
 //! DIR/a gives this task a FAN_MODIFY event on it; reading DIR/loud gives
@@ -24,6 +28,9 @@ const FAN_MARK_FILESYSTEM: u32 = 0x100;
 const FAN_ACCESS: u64 = 0x1;
 const FAN_MODIFY: u64 = 0x2;
 const FAN_CLOSE_WRITE: u64 = 0x8;
+const FAN_CLASS_CONTENT: u32 = 0x4;
+const FAN_OPEN_PERM: u64 = 0x1_0000;
+const FAN_ALLOW: u32 = 1;
 
 fn mark(flags: u32, mask: u64, path: &Path) {
     let c = CString::new(path.to_str().unwrap()).unwrap();
@@ -49,7 +56,8 @@ fn fdinfo_lines() -> Vec<String> {
 }
 
 /// The events for this task queued now, waiting up to `ms` for the
-/// first: (mask, path of the event's fd).
+/// first: (mask, path of the event's fd). Permission events (anyone's)
+/// are answered FAN_ALLOW.
 fn my_events(ms: i32) -> Vec<(u64, String)> {
     let me = workloads::raw_getpid();
     let mut out = Vec::new();
@@ -72,6 +80,10 @@ fn my_events(ms: i32) -> Vec<(u64, String)> {
             let fd = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
             let pid = i32::from_ne_bytes(buf[off + 20..off + 24].try_into().unwrap());
             if fd >= 0 {
+                if mask & FAN_OPEN_PERM != 0 {
+                    let answer = [fd as u32, FAN_ALLOW];
+                    unsafe { libc::write(FAN_FD, answer.as_ptr() as *const _, 8) };
+                }
                 if pid == me {
                     let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))
                         .map(|p| p.to_string_lossy().into_owned())
@@ -101,12 +113,22 @@ fn main() {
         .unwrap_or_else(|| die("usage: wl-fanotify DIR [fs]"));
     let dir: PathBuf = std::fs::canonicalize(dir).unwrap_or_else(|e| die(&format!("{dir}: {e}")));
     let fs_mark = p.args.get(1).map(String::as_str) == Some("fs");
+    let perm = p.args.get(1).map(String::as_str) == Some("perm");
+    let content = p.args.get(1).map(String::as_str) == Some("content");
+    let class = if perm || content {
+        FAN_CLASS_CONTENT
+    } else {
+        0
+    };
     let (a, loud, quiet) = (dir.join("a"), dir.join("loud"), dir.join("quiet"));
     for f in [&a, &loud, &quiet] {
         std::fs::write(f, b"x\n").unwrap();
     }
     unsafe {
-        let fd = libc::fanotify_init(FAN_NONBLOCK, (libc::O_RDONLY | libc::O_LARGEFILE) as u32);
+        let fd = libc::fanotify_init(
+            FAN_NONBLOCK | class,
+            (libc::O_RDONLY | libc::O_LARGEFILE) as u32,
+        );
         if fd < 0 || libc::dup2(fd, FAN_FD) != FAN_FD {
             die(&format!(
                 "fanotify_init: {}",
@@ -122,6 +144,11 @@ fn main() {
         FAN_ACCESS,
         &quiet,
     );
+    if perm {
+        let gate = dir.join("gate");
+        std::fs::write(&gate, b"x\n").unwrap();
+        mark(FAN_MARK_ADD, FAN_OPEN_PERM, &gate);
+    }
     if fs_mark {
         mark(FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE, &dir);
     }

@@ -10,11 +10,15 @@
 //! the mask and for the ignored mask of each mark, on its path (which must
 //! still name the same inode). Refused at dump: filesystem marks
 //! (FAN_MARK_FILESYSTEM), marks on deleted files or unreachable paths, and
-//! a permission group (FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT) with
-//! events queued: a task waits for each answer. Events queued in a
-//! notification group are lost, as with inotify and CRIU; permission events
-//! already read but not answered yet are not visible from outside, and are
-//! answered FAN_ALLOW when the dumped group goes away.
+//! marks for permission events (FAN_OPEN_PERM ...): such a mark, live from
+//! the moment it is restored, would stop every open of its files until the
+//! group's owner answers, and the owner does not run before the whole tree
+//! is restored (crust and the restored tasks open files meanwhile); so no
+//! restored group has permission events queued or waiting for an answer.
+//! A permission group (FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT) with
+//! notification marks only is restored. Queued events are lost, as with
+//! inotify and CRIU; the dumped group's unanswered permission events are
+//! answered FAN_ALLOW when it goes away.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -37,8 +41,8 @@ const MARK_INODE: i32 = 1;
 /// `mark_type.MOUNT`.
 const MARK_MOUNT: i32 = 2;
 
-const FAN_CLASS_CONTENT: u32 = 0x4;
-const FAN_CLASS_PRE_CONTENT: u32 = 0x8;
+/// FAN_OPEN_PERM, FAN_ACCESS_PERM, FAN_OPEN_EXEC_PERM, FAN_PRE_ACCESS.
+const PERMISSION_EVENTS: u32 = 0x0017_0000;
 const FAN_MARK_ADD: u32 = 0x1;
 const FAN_MARK_DONT_FOLLOW: u32 = 0x4;
 const FAN_MARK_MOUNT: u32 = 0x10;
@@ -63,17 +67,14 @@ impl FileKind for Fanotify {
             pid: f.pid,
             what: format!("{}: a fanotify group with {what}", f.describe()),
         };
-        if info.flags & (FAN_CLASS_CONTENT | FAN_CLASS_PRE_CONTENT) != 0 {
-            let queued = sys::bytes_queued(&f.file)
-                .ctx(|| format!("FIONREAD on {} of {}", f.describe(), f.pid))?;
-            if queued > 0 {
-                return Err(refuse(format!(
-                    "permission events queued ({queued} bytes), which tasks wait to have answered"
-                )));
-            }
-        }
         let mut marks = Vec::with_capacity(info.marks.len());
         for m in &info.marks {
+            if m.mask & PERMISSION_EVENTS != 0 {
+                return Err(refuse(format!(
+                    "a mark for permission events (mask {:#x}): restoring it before the tree runs could block crust or the tree on their own opens, not supported",
+                    m.mask
+                )));
+            }
             let mut e = pb::FanotifyMarkEntry {
                 id,
                 r#type: MARK_INODE,
