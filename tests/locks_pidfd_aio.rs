@@ -221,3 +221,24 @@ fn fanotify_content_class_round_trip() {
     dump_and_restore(&mut w, &img, &[]);
     w.terminate_and_check();
 }
+
+/// A pidfd of a process outside the tree that is gone at restore time:
+/// the restore fails, naming it, and creates nothing.
+#[test]
+fn pidfd_of_a_vanished_outsider_refused_at_restore() {
+    let mut outsider = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .expect("spawn sleep");
+    let opid = outsider.id().to_string();
+    let mut w = Workload::start("pidfd", &[&opid]);
+    let img = w.images_dir("img");
+    dump(&w, &img, &[]).ok();
+    w.reap_original();
+    outsider.kill().unwrap();
+    outsider.wait().unwrap();
+    restore(&w, &img, &["-d"])
+        .fails()
+        .stderr_names(&[&opid, "pidfd", "outside the tree"]);
+    assert_pid_free(w.pid);
+}

@@ -1,7 +1,8 @@
-//! wl-pidfd: pidfds of every kind: fd 20 of a live child (in the tree) and
+//! wl-pidfd [PID]: pidfds of every kind: fd 20 of a live child (in the tree) and
 //! fd 25 a dup of it; fd 21 of itself, O_NONBLOCK and close-on-exec; fd 22
 //! of its own main thread, PIDFD_THREAD; fd 23 of a child that exited and
-//! was reaped; fd 24 of its parent, outside the tree.
+//! was reaped; fd 24 of its parent, outside the tree; with PID, fd 26 of
+//! that process (outside the tree too).
 //!
 //! After SIGTERM: each fdinfo names the same pid (-1 for fd 23), the flags
 //! are the same; fd 23 polls readable and pidfd_send_signal on it fails
@@ -98,6 +99,9 @@ fn main() {
     pidfd_at(me, PIDFD_THREAD, THREAD_FD);
     pidfd_at(dead, 0, DEAD_FD);
     pidfd_at(parent, 0, PARENT_FD);
+    if let Some(other) = p.args.first() {
+        pidfd_at(other.parse().unwrap_or_else(|_| die("PID")), 0, 26);
+    }
     unsafe {
         libc::waitpid(dead, std::ptr::null_mut(), 0);
         libc::fcntl(SELF_FD, libc::F_SETFD, libc::FD_CLOEXEC);
