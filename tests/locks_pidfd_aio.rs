@@ -242,3 +242,23 @@ fn pidfd_of_a_vanished_outsider_refused_at_restore() {
         .stderr_names(&[&opid, "pidfd", "outside the tree"]);
     assert_pid_free(w.pid);
 }
+
+#[test]
+fn pidfd_entry_with_an_invalid_pid_is_a_bad_image() {
+    let mut w = Workload::start("pidfd", &[]);
+    let img = w.images_dir("img");
+    dump(&w, &img, &[]).ok();
+    w.reap_original();
+    let path = img.join("files.img");
+    let mut files: Vec<pb::FileEntry> = read_entries(&path, ImageKind::Files).unwrap();
+    let p = files
+        .iter_mut()
+        .find_map(|f| f.pidfd.as_mut())
+        .expect("a pidfd entry");
+    p.nspid = -7;
+    write_entries(&path, ImageKind::Files, &files).unwrap();
+    restore(&w, &img, &["-d"])
+        .fails()
+        .stderr_names(&["files.img", "pidfd", "-7"]);
+    assert_pid_free(w.pid);
+}
