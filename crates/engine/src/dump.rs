@@ -275,6 +275,9 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     })?;
     let memdump_us = memdump_us.into_inner();
     // Shared anonymous memory, once per object, while the tree is frozen.
+    for &(ino, pid, fd) in ctx.memfds.sources() {
+        shmem.add_fd(ino, pid, fd);
+    }
     pages_written += shmem.dump_all(dir, next_pages_id)?;
     for z in &frozen.zombies {
         pstree.push(crate::tree::pstree_entry(z, false, &[z.pid]));

@@ -241,10 +241,15 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         dir: &dir,
         pipes: Default::default(),
         ghosts: Default::default(),
+        memfds: Default::default(),
     };
     octx.pipes.set_reg_entries(plan.files.values());
     let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
     octx.pipes.finish()?;
+    // Mappings of a memfd that an fd holds too open crust's copy of it.
+    for (shmid, path) in octx.memfds.created() {
+        shmem.provide(shmid, path);
+    }
     let mapped_ghosts = files::recreate_mapped_ghosts(
         &plan.files,
         plan.procs.values().flat_map(|p| {

@@ -7,6 +7,7 @@ mod epoll;
 mod evfd;
 pub mod ghost;
 mod inotify;
+pub mod memfd;
 mod pipe;
 mod reg;
 
@@ -42,6 +43,8 @@ pub mod fd_type {
     pub const TTY: i32 = 11;
     /// A timerfd.
     pub const TIMERFD: i32 = 17;
+    /// A memfd.
+    pub const MEMFD: i32 = 18;
 }
 
 /// One open file of a task as seen from crust: the task's fd, a duplicate
@@ -102,6 +105,7 @@ impl Default for FdOptions {
 
 /// Every kind of file crust handles.
 static KINDS: &[&dyn FileKind] = &[
+    &memfd::Memfd,
     &reg::RegularFile,
     &reg::ShellTerminal,
     &pipe::Pipe,
@@ -124,6 +128,8 @@ pub struct DumpCtx<'a> {
     pub ghosts: ghost::DumpState,
     /// Epoll watches waiting for their targets' file ids.
     epolls: epoll::DumpState,
+    /// The memfds met.
+    pub memfds: memfd::DumpState,
 }
 
 impl<'a> DumpCtx<'a> {
@@ -135,12 +141,14 @@ impl<'a> DumpCtx<'a> {
             pipes: pipe::DumpState::default(),
             ghosts: ghost::DumpState::default(),
             epolls: epoll::DumpState::default(),
+            memfds: memfd::DumpState::default(),
         }
     }
 
     /// Write the images the kinds of files collected (pipe data ...).
     pub fn finish(self) -> Result<()> {
         pipe::finish_dump(self.pipes, self.dir)?;
+        memfd::finish_dump(self.memfds, self.dir)?;
         ghost::finish_dump(self.ghosts, self.dir)
     }
 }
@@ -157,6 +165,8 @@ pub struct OpenCtx<'a> {
     /// Deleted files recreated for the restore; their paths are unlinked by
     /// [`ghost::OpenState::unlink_all`], or when this is dropped.
     pub ghosts: ghost::OpenState,
+    /// The memfds created, held until the tree has mapped them.
+    pub memfds: memfd::OpenState,
 }
 
 /// The files.img being built during a dump: ids and entries, and one
