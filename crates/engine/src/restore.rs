@@ -280,7 +280,29 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         lineage,
     };
     let t_fork = Instant::now();
-    let setup = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
+    // Private memory a parent shares with its children copy-on-write is
+    // premapped by the parent before it forks them.
+    let cow = mm::cow_plan(fork_plan.entries.iter().filter_map(|e| {
+        let p = plan.procs.get(&e.pid)?;
+        Some(mm::CowProc {
+            pid: e.pid,
+            parent: fork_plan.fork_parent(e),
+            mm: &p.mm,
+            pagemap: &p.pagemap,
+            pages: &p.pages,
+        })
+    }));
+    let before_children = |e: &pb::PstreeEntry| -> Result<()> {
+        let p = &plan.procs[&e.pid];
+        let none = Vec::new();
+        mm::premap_own(
+            cow.get(&e.pid).unwrap_or(&none),
+            &p.pagemap,
+            &p.pages,
+            &p.pages_name,
+        )
+    };
+    let last = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
         let p = &plan.procs[&e.pid];
         open.install(&p.fdinfos, keep)?;
         fs::apply(&p.cwd, &p.root, umasks[&e.pid])?;
@@ -292,6 +314,10 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         Ok(())
     };
     tracing::debug!(ms = us(t0) / 1000, "images loaded and files opened");
+    let setup = tree::Setup {
+        before_children: &before_children,
+        last: &last,
+    };
     let mut restored = tree::fork_tree(&fork_plan, &setup)?;
     let forking_us = us(t_fork);
     tracing::debug!(ms = forking_us / 1000, "tree forked");
@@ -428,7 +454,7 @@ fn begin<'a>(
         r.call("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
     }
     task::unregister_rseq(&r)?;
-    mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name)?;
+    mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name, &ready.premapped)?;
     r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
     if drain_sigchld {
         sessions::drain_sigchld(&r)?;
@@ -442,6 +468,7 @@ fn begin<'a>(
         &p.pages,
         &p.pages_name,
         shmem,
+        &ready.premapped,
     )?;
     Ok((r, filled, fill))
 }
