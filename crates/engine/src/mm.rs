@@ -833,6 +833,95 @@ pub fn scratch_gap(mm: &pb::MmEntry) -> u64 {
     cand
 }
 
+/// The files restored processes map (and their exe files), opened once by
+/// crust before the tree is forked: each process inherits them and keeps
+/// its own right after its report and hold fds, so that mapping them takes
+/// no remote open (nor close: one close_range at the end).
+pub struct MappedFiles {
+    fds: HashMap<(u32, u32), std::os::fd::OwnedFd>,
+    lists: HashMap<u32, Vec<(u32, u32)>>,
+}
+
+/// A restored process's mapped files: (file id, access mode) to its fd.
+pub type MapFds = HashMap<(u32, u32), u64>;
+
+impl MappedFiles {
+    /// Open the files `procs` (pid, memory) map. One that cannot be opened
+    /// here is left to the task (which reports the error then).
+    pub fn open<'a>(
+        procs: impl IntoIterator<Item = (u32, &'a pb::MmEntry)>,
+        files: &FileIndex,
+    ) -> Self {
+        let mut fds = HashMap::new();
+        let mut lists = HashMap::new();
+        for (pid, mm) in procs {
+            let mut want: Vec<(u32, u32)> = mm
+                .vmas
+                .iter()
+                .filter(|v| v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0)
+                .filter_map(|v| {
+                    let id = v.shmid as u32;
+                    Some((id, files.get(&id)?.flags & libc::O_ACCMODE as u32))
+                })
+                .chain(std::iter::once((mm.exe_file_id, libc::O_RDONLY as u32)))
+                .collect();
+            want.sort_unstable();
+            want.dedup();
+            want.retain(|key @ &(id, mode)| {
+                if fds.contains_key(key) {
+                    return true;
+                }
+                let Some(rf) = files.get(&id) else {
+                    return false;
+                };
+                let f = std::fs::OpenOptions::new()
+                    .read(mode != libc::O_WRONLY as u32)
+                    .write(mode != libc::O_RDONLY as u32)
+                    .open(&rf.name);
+                match f {
+                    Ok(f) => {
+                        fds.insert(*key, f.into());
+                        true
+                    }
+                    Err(_) => false,
+                }
+            });
+            lists.insert(pid, want);
+        }
+        MappedFiles { fds, lists }
+    }
+
+    /// In the forked copy of crust that becomes `pid`: duplicates of the
+    /// files it maps, in the order [`map_fds`] numbers them.
+    pub fn dup_for(&self, pid: u32) -> Result<Vec<std::os::fd::OwnedFd>> {
+        self.lists
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .map(|k| {
+                self.fds[k]
+                    .try_clone()
+                    .ctx(|| format!("dup of mapped file id {}", k.0))
+            })
+            .collect()
+    }
+
+    /// Once the tree exists: which files each process got (crust's copies
+    /// are closed).
+    pub fn numbers(self) -> HashMap<u32, Vec<(u32, u32)>> {
+        self.lists
+    }
+}
+
+/// Where a process that reported `hold_fd` has the files of `list` (they
+/// follow its hold fd).
+pub fn map_fds(list: &[(u32, u32)], hold_fd: i32) -> MapFds {
+    list.iter()
+        .enumerate()
+        .map(|(i, &k)| (k, (hold_fd + 1 + i as i32) as u64))
+        .collect()
+}
+
 /// A restored process whose VMAs are mapped and whose pages are still to
 /// be written: [`Fill::run`] writes them from any thread (it needs no
 /// ptrace, so the tracer goes on with the next process meanwhile), then
@@ -866,6 +955,7 @@ pub fn map_vmas<'a>(
     pages_name: &'a str,
     shmem: &mut crate::shmem::Restorer,
     premapped: &[(u64, u64)],
+    prefds: &MapFds,
 ) -> Result<(Vec<bool>, Fill<'a>)> {
     let pid = r.pid();
     let has_pages = vmas_with_pages(mm, pagemap);
@@ -965,7 +1055,7 @@ pub fn map_vmas<'a>(
                 ),
             })?;
             let oflags = rf.flags & libc::O_ACCMODE as u32;
-            fd = match fds.get(&(id, oflags)) {
+            fd = match fds.get(&(id, oflags)).or(prefds.get(&(id, oflags))) {
                 Some(&fd) => fd,
                 None => {
                     let p = r.put_path(0, &rf.name)?;
@@ -1311,17 +1401,30 @@ const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 
 /// Set the mm fields and the exe file with PR_SET_MM_MAP.
-pub fn set_mm_fields(r: &Remote, mm: &pb::MmEntry, files: &FileIndex) -> Result<()> {
+pub fn set_mm_fields(
+    r: &Remote,
+    mm: &pb::MmEntry,
+    files: &FileIndex,
+    prefds: &MapFds,
+) -> Result<()> {
     let exe = files.get(&mm.exe_file_id).ok_or_else(|| Error::BadImage {
         file: "mm".into(),
         what: format!("exe file id {} is not in files.img", mm.exe_file_id),
     })?;
-    let p = r.put_path(0, &exe.name)?;
-    let exe_fd = r.call(
-        &format!("open of the exe file {}", exe.name),
-        libc::SYS_openat,
-        [libc::AT_FDCWD as u64, p, libc::O_RDONLY as u64, 0, 0, 0],
-    )?;
+    let opened = prefds
+        .get(&(mm.exe_file_id, libc::O_RDONLY as u32))
+        .copied();
+    let exe_fd = match opened {
+        Some(fd) => fd,
+        None => {
+            let p = r.put_path(0, &exe.name)?;
+            r.call(
+                &format!("open of the exe file {}", exe.name),
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, p, libc::O_RDONLY as u64, 0, 0, 0],
+            )?
+        }
+    };
     let auxv: Vec<u8> = mm
         .mm_saved_auxv
         .iter()
@@ -1360,6 +1463,8 @@ pub fn set_mm_fields(r: &Remote, mm: &pb::MmEntry, files: &FileIndex) -> Result<
         libc::SYS_prctl,
         [PR_SET_MM, PR_SET_MM_MAP, addr, map_size as u64, 0, 0],
     );
-    r.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    if opened.is_none() {
+        r.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    }
     res.map(drop)
 }

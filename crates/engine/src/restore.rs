@@ -302,9 +302,27 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             &p.pages_name,
         )
     };
+    let mapped_files = mm::MappedFiles::open(
+        plan.procs
+            .iter()
+            .filter(|(_, p)| p.root == "/")
+            .map(|(&pid, p)| (pid, &p.mm)),
+        &files_index,
+    );
     let last = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
         let p = &plan.procs[&e.pid];
-        open.install(&p.fdinfos, keep)?;
+        // The files it maps go right after its report and hold fds.
+        let mut mine = mapped_files.dup_for(e.pid)?;
+        let mut keep: Vec<&mut std::os::fd::OwnedFd> = keep
+            .iter_mut()
+            .map(|k| &mut **k)
+            .chain(mine.iter_mut())
+            .collect();
+        open.install(&p.fdinfos, &mut keep)?;
+        // They stay open in the task: crust closes them there.
+        for f in mine {
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(f);
+        }
         fs::apply(&p.cwd, &p.root, umasks[&e.pid])?;
         let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
         if let Some(tc) = main.tc {
@@ -323,6 +341,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     tracing::debug!(ms = forking_us / 1000, "tree forked");
     let t_seize = Instant::now();
     drop(open);
+    let mapped_files = mapped_files.numbers();
     for r in &restored.ready {
         tree::seize_restored(r.outer)?;
         ptrace::set_sigmask(r.outer, u64::MAX)
@@ -360,25 +379,19 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         for r in &restored.ready {
             let p = &plan.procs[&(r.pid as u32)];
             let drain = reaped.contains(&r.outer);
-            let (remote, filled, fill) = begin(p, r, drain, &mut shmem, &files_index)?;
+            let list = mapped_files.get(&(r.pid as u32));
+            let prefds = mm::map_fds(list.map_or(&[][..], |l| l), r.hold_fd);
+            let (half, fill) = begin(p, r, drain, &mut shmem, &files_index, prefds)?;
             let pending = movers.submit(move || fill.run());
-            begun.push((r, p, remote, filled, pending));
+            begun.push((r, p, half, pending));
         }
         tracing::debug!(ms = us(t_transform) / 1000, "every process mapped");
         let mut waited = 0;
-        for (r, p, remote, filled, pending) in begun {
+        for (r, p, half, pending) in begun {
             let t_wait = Instant::now();
             pending.wait()?;
             waited += us(t_wait);
-            let tids = finish(
-                p,
-                r,
-                remote,
-                &filled,
-                &files_index,
-                opts.new_pid_ns,
-                &plan.creds,
-            )?;
+            let tids = finish(p, r, half, &files_index, opts.new_pid_ns, &plan.creds)?;
             all_tids.push((
                 r.outer,
                 tids,
@@ -437,6 +450,14 @@ const CLONE_ARGS_SIZE: usize = 88;
 /// Where in the scratch area the clone3 arguments go.
 const CLONE_ARGS_AT: usize = 32 * 1024;
 
+/// A process [`begin`] started: its remote, which VMAs receive pages, and
+/// where it has its mapped files.
+struct Begun {
+    r: Remote,
+    filled: Vec<bool>,
+    prefds: mm::MapFds,
+}
+
 /// Begin turning one seized, waiting process into its dumped self: its
 /// memory is mapped, the pages are left to the returned [`mm::Fill`].
 fn begin<'a>(
@@ -445,14 +466,11 @@ fn begin<'a>(
     drain_sigchld: bool,
     shmem: &mut crate::shmem::Restorer,
     files_index: &mm::FileIndex,
-) -> Result<(Remote, Vec<bool>, mm::Fill<'a>)> {
+    prefds: mm::MapFds,
+) -> Result<(Begun, mm::Fill<'a>)> {
     let pid = ready.outer;
-    let (report_fd, hold_fd) = (ready.report_fd, ready.hold_fd);
     let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
     let mut r = Remote::new(pid, regs)?;
-    for fd in [report_fd, hold_fd] {
-        r.call("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
-    }
     task::unregister_rseq(&r)?;
     mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name, &ready.premapped)?;
     r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
@@ -469,8 +487,9 @@ fn begin<'a>(
         &p.pages_name,
         shmem,
         &ready.premapped,
+        &prefds,
     )?;
-    Ok((r, filled, fill))
+    Ok((Begun { r, filled, prefds }, fill))
 }
 
 /// Finish a process [`begin`] started, once its pages are written: returns
@@ -478,15 +497,20 @@ fn begin<'a>(
 fn finish(
     p: &ProcPlan,
     ready: &tree::Ready,
-    mut r: Remote,
-    filled: &[bool],
+    half: Begun,
     files_index: &mm::FileIndex,
     new_pid_ns: bool,
     creds: &creds::Restorer,
 ) -> Result<Vec<i32>> {
     let pid = ready.outer;
+    let Begun {
+        mut r,
+        filled,
+        prefds,
+    } = half;
+    let (filled, prefds) = (&filled[..], &prefds);
     mm::protect(&r, &p.mm, filled)?;
-    mm::set_mm_fields(&r, &p.mm, files_index)?;
+    mm::set_mm_fields(&r, &p.mm, files_index, prefds)?;
     let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
     let tc = main.tc.expect("checked at load");
     signal::restore(&r, &tc.sigactions, &p.cores[0].2)?;
@@ -552,6 +576,23 @@ fn finish(
     creds.apply(&r, &tids, &p.cores, p.mm.thp_disabled)?;
     task::restore_dumpable(&r, p.mm.dumpable)?;
     r.unmap_scratch()?;
+    // crust's fds: the report and hold pipes and the mapped files after
+    // them.
+    let last_fd = ready.hold_fd as u64 + prefds.len() as u64;
+    if ready.hold_fd == ready.report_fd + 1 {
+        r.call(
+            "close_range",
+            libc::SYS_close_range,
+            [ready.report_fd as u64, last_fd, 0, 0, 0, 0],
+        )?;
+    } else {
+        for fd in [ready.report_fd as u64, ready.hold_fd as u64] {
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+        for &fd in prefds.values() {
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+    }
     for (i, (_, core, name)) in p.cores.iter().enumerate() {
         let parts = task::parts(core, name)?;
         task::restore_regs(tids[i], &parts, name)?;
