@@ -144,7 +144,8 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 let mut more = vec![creds::ask(&r)?];
                 for (&tid, th) in tids.iter().zip(&threads).skip(1) {
                     let mut sib = r.sibling(tid, th.regs);
-                    let f = task::ask(&sib).and_then(|f| Ok((f, creds::ask(&sib)?)));
+                    let f = task::ask_thread(&sib, facts[0].brk, facts[0].dumpable)
+                        .and_then(|f| Ok((f, creds::ask_thread(tid, &more[0])?)));
                     sib.forget_scratch();
                     let (f, m) = f?;
                     facts.push(f);
@@ -275,6 +276,9 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     })?;
     let memdump_us = memdump_us.into_inner();
     // Shared anonymous memory, once per object, while the tree is frozen.
+    for &(ino, pid, fd) in ctx.memfds.sources() {
+        shmem.add_fd(ino, pid, fd);
+    }
     pages_written += shmem.dump_all(dir, next_pages_id)?;
     for z in &frozen.zombies {
         pstree.push(crate::tree::pstree_entry(z, false, &[z.pid]));

@@ -220,7 +220,11 @@ pub fn check() -> Result<Vec<String>> {
         new_pid_ns: false,
         lineage: Default::default(),
     };
-    let child = tree::fork_tree(&plan, &|_, _| Ok(()))
+    let setup = tree::Setup {
+        before_children: &|_| Ok(()),
+        last: &|_, _| Ok(()),
+    };
+    let child = tree::fork_tree(&plan, &setup)
         .map_err(|e| Error::Kernel(format!("clone3 with set_tid ({e})")))?;
     tree::seize_restored(pid)?;
     ok.push(format!("clone3 with set_tid (made pid {pid}), ptrace"));

@@ -1,6 +1,8 @@
 //! wl-locks DIR [waiter]: file locks of every kind, on files in DIR:
 //! fd 10 flock.f with flock LOCK_EX; fd 11 shared.f with flock LOCK_SH;
-//! fd 12 posix.f with POSIX locks WRITE 10..19 and READ 100..EOF; fd 13
+//! fd 12 posix.f with POSIX locks WRITE 10..19 and READ 100..EOF (and
+//! posix.f mapped too: the restore's own opening and closing of a mapped
+//! file must not drop the locks); fd 13
 //! ofd.f with OFD locks WRITE 0..4 and READ 50..59; fd 14 lease.f (read
 //! only) with a read lease; fd 16 lease-w.f (read-write) with a write
 //! lease. With `waiter`, a child blocks in flock(LOCK_EX)
@@ -245,6 +247,20 @@ fn main() {
         {
             die(&format!("F_SETLEASE: {}", std::io::Error::last_os_error()));
         }
+    }
+    let mapped = unsafe {
+        libc::ftruncate(POSIX_FD, 4096);
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            POSIX_FD,
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        die("mmap of posix.f");
     }
     set_lock(POSIX_FD, libc::F_SETLK, libc::F_WRLCK, 10, 10);
     set_lock(POSIX_FD, libc::F_SETLK, libc::F_RDLCK, 100, 0);

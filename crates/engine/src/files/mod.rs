@@ -9,6 +9,7 @@ mod fanotify;
 pub mod ghost;
 mod inotify;
 pub mod locks;
+pub mod memfd;
 mod pidfds;
 mod pipe;
 mod reg;
@@ -47,6 +48,8 @@ pub mod fd_type {
     pub const FANOTIFY: i32 = 12;
     /// A timerfd.
     pub const TIMERFD: i32 = 17;
+    /// A memfd.
+    pub const MEMFD: i32 = 18;
     /// A pidfd.
     pub const PIDFD: i32 = 20;
 }
@@ -112,6 +115,7 @@ impl Default for FdOptions {
 
 /// Every kind of file crust handles.
 static KINDS: &[&dyn FileKind] = &[
+    &memfd::Memfd,
     &reg::RegularFile,
     &reg::ShellTerminal,
     &pipe::Pipe,
@@ -136,6 +140,8 @@ pub struct DumpCtx<'a> {
     pub ghosts: ghost::DumpState,
     /// Epoll watches waiting for their targets' file ids.
     epolls: epoll::DumpState,
+    /// The memfds met.
+    pub memfds: memfd::DumpState,
     /// File locks and leases.
     locks: locks::DumpState,
 }
@@ -149,6 +155,7 @@ impl<'a> DumpCtx<'a> {
             pipes: pipe::DumpState::default(),
             ghosts: ghost::DumpState::default(),
             epolls: epoll::DumpState::default(),
+            memfds: memfd::DumpState::default(),
             locks: locks::DumpState::new(opts.file_locks),
         }
     }
@@ -156,6 +163,7 @@ impl<'a> DumpCtx<'a> {
     /// Write the images the kinds of files collected (pipe data ...).
     pub fn finish(self) -> Result<()> {
         pipe::finish_dump(self.pipes, self.dir)?;
+        memfd::finish_dump(self.memfds, self.dir)?;
         self.locks.finish(self.dir)?;
         ghost::finish_dump(self.ghosts, self.dir)
     }
@@ -173,6 +181,8 @@ pub struct OpenCtx<'a> {
     /// Deleted files recreated for the restore; their paths are unlinked by
     /// [`ghost::OpenState::unlink_all`], or when this is dropped.
     pub ghosts: ghost::OpenState,
+    /// The memfds created, held until the tree has mapped them.
+    pub memfds: memfd::OpenState,
     /// Every pid and tid of the restored tree (as the images name them).
     pub tree: HashSet<u32>,
 }

@@ -709,6 +709,7 @@ mod tests {
             dir: &dir,
             pipes: OpenState::default(),
             ghosts: Default::default(),
+            memfds: Default::default(),
             tree: Default::default(),
         };
         let nr = Pipe.open(&er, &mut octx).unwrap();
@@ -874,6 +875,7 @@ mod tests {
             dir: &dir,
             pipes: OpenState::default(),
             ghosts: Default::default(),
+            memfds: Default::default(),
             tree: Default::default(),
         };
         let m = Pipe.open(&e, &mut octx).err().unwrap().to_string();
@@ -932,6 +934,7 @@ mod tests {
             dir: &dir,
             pipes: OpenState::default(),
             ghosts: Default::default(),
+            memfds: Default::default(),
             tree: Default::default(),
         };
         octx.pipes.set_reg_entries(&regs);

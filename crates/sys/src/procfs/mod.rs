@@ -34,7 +34,7 @@ pub use fdinfo::{
 pub use limits::{parse_limits, resource_of_row, Rlimit, RLIM_INFINITY};
 pub use locks::{parse_lock_line, LockKind, LockLine};
 pub use maps::{parse_maps, parse_smaps, VmFlags, Vma, VmaPath};
-pub use misc::{parse_personality, parse_timers, PosixTimer, TimerNotify};
+pub use misc::{parse_personality, parse_timer_slack, parse_timers, PosixTimer, TimerNotify};
 pub use mountinfo::{parse_mountinfo, unescape_octal, MountInfo, OptionalField};
 pub use pagemap::{parse_pagemap, PagemapEntry, PAGEMAP_ENTRY_SIZE};
 pub use stat::{parse_stat, Stat};
@@ -69,6 +69,8 @@ pub enum ProcFile {
     Personality,
     /// `/proc/PID/timers`.
     Timers,
+    /// `/proc/TID/timerslack_ns`.
+    TimerSlack,
     /// `/proc/locks` (and the `lock:` lines of fdinfo).
     Locks,
 }
@@ -88,6 +90,7 @@ impl ProcFile {
             ProcFile::Pagemap => "/proc/PID/pagemap",
             ProcFile::Personality => "/proc/PID/personality",
             ProcFile::Timers => "/proc/PID/timers",
+            ProcFile::TimerSlack => "/proc/TID/timerslack_ns",
             ProcFile::Locks => "/proc/locks",
         }
     }
@@ -329,6 +332,12 @@ pub fn read_mountinfo(pid: i32) -> Result<Vec<MountInfo>, ReadError> {
 /// Reads and parses `/proc/PID/personality`.
 pub fn read_personality(pid: i32) -> Result<u32, ReadError> {
     read_parse(proc_path(pid, "personality"), parse_personality)
+}
+
+/// Reads `/proc/TID/timerslack_ns`: the timer slack of thread `tid`, in
+/// nanoseconds.
+pub fn read_timer_slack(tid: i32) -> Result<u64, ReadError> {
+    read_parse(proc_path(tid, "timerslack_ns"), parse_timer_slack)
 }
 
 /// Reads and parses `/proc/PID/timers` (the task's POSIX timers).
