@@ -2,7 +2,7 @@
 //! stable), letting them go (resume, stop or kill), and at restore creating
 //! each process with its dumped pid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 
@@ -126,10 +126,15 @@ impl FrozenTree {
                     zombies.push(st);
                     continue;
                 }
-                let tids = match procfs::list_tids(st.pid) {
+                let mut tids = match procfs::list_tids(st.pid) {
                     Ok(t) => t,
                     Err(_) => continue, // gone meanwhile: the next round sees
                 };
+                // The main thread first, whatever the numbers (tids wrap
+                // around pid_max: a thread may have a smaller one).
+                if let Some(i) = tids.iter().position(|&t| t == st.pid) {
+                    tids[..=i].rotate_right(1);
+                }
                 let mut live = Vec::new();
                 for tid in tids {
                     if t.seized.contains(&tid) {
@@ -189,7 +194,10 @@ impl FrozenTree {
                 }
                 // Threads before their leader: a group leader's death is
                 // reported only once its other threads are reaped.
-                for &tid in self.seized.iter().rev() {
+                let leaders: HashSet<i32> = self.procs.iter().map(|(st, _)| st.pid).collect();
+                let (mains, others): (Vec<i32>, Vec<i32>) =
+                    self.seized.iter().partition(|t| leaders.contains(t));
+                for tid in others.into_iter().chain(mains) {
                     let _ = ptrace::wait(tid);
                 }
                 return Ok(());
