@@ -70,19 +70,71 @@ impl Soak {
             .split_whitespace()
             .map(|p| p.parse().expect("pid"))
             .collect();
-        Soak { w, dir, pids }
+        let soak = Soak { w, dir, pids };
+        // Every thread running (and done mapping its stacks and arenas).
+        soak.assert_whole_and_running("at start");
+        soak
     }
 
-    /// Sizes of the three record files (they grow while the processes run
-    /// and their memory is intact).
-    fn progress(&self) -> Vec<u64> {
+    /// Modification times of the three record files (written while the
+    /// processes run and their memory is intact).
+    fn progress(&self) -> Vec<std::time::SystemTime> {
         (0..3)
             .map(|i| {
                 fs::metadata(self.dir.join(format!("rec-{i}")))
-                    .map(|m| m.len())
-                    .unwrap_or(0)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH)
             })
             .collect()
+    }
+
+    /// Keep a copy of the record files as a dump saw them: a restore wants
+    /// its files as they were (crust checks their sizes).
+    fn save_files(&self) {
+        for i in 0..3 {
+            let f = self.dir.join(format!("rec-{i}"));
+            let saved = f.with_extension("dumped");
+            fs::copy(&f, &saved).expect("copy record file");
+            let mtime = fs::metadata(&f).and_then(|m| m.modified()).expect("mtime");
+            fs::File::options()
+                .write(true)
+                .open(&saved)
+                .and_then(|h| h.set_modified(mtime))
+                .expect("set mtime");
+        }
+    }
+
+    /// Put back the record files [`Soak::save_files`] kept (same inodes,
+    /// contents and modification times as at the dump).
+    fn reset_files(&self) {
+        for i in 0..3 {
+            let f = self.dir.join(format!("rec-{i}"));
+            let saved = f.with_extension("dumped");
+            fs::copy(&saved, &f).expect("reset record file");
+            let mtime = fs::metadata(&saved)
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            fs::File::options()
+                .write(true)
+                .open(&f)
+                .and_then(|h| h.set_modified(mtime))
+                .expect("set mtime");
+        }
+    }
+
+    /// SIGKILL every process of the tree and wait until its pids are free.
+    fn kill_tree(&mut self) {
+        for &p in &self.pids {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        self.wait_free();
+    }
+
+    /// Wait until every pid of the tree is free (reaping what is ours).
+    fn wait_free(&mut self) {
+        for &p in &self.pids {
+            wait_pid_free(p, Duration::from_secs(10));
+        }
     }
 
     fn failures(&self) -> Vec<String> {
@@ -139,9 +191,12 @@ impl Soak {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let f = self.failures();
-            assert!(f.is_empty(), "{when}: the workload found a difference: {f:?}");
+            assert!(
+                f.is_empty(),
+                "{when}: the workload found a difference: {f:?}"
+            );
             let now = self.progress();
-            if now.iter().zip(&before).all(|(n, b)| n > b) {
+            if now.iter().zip(&before).all(|(n, b)| n != b) {
                 break;
             }
             assert!(
@@ -250,8 +305,22 @@ fn count_scratch(pid: i32) -> usize {
 enum TracedEnd {
     /// Killed right after the n-th watched syscall (its name).
     Killed(&'static str),
-    /// Finished on its own, with this many watched syscalls.
+    /// Finished on its own (wait status), with this many watched syscalls.
     Finished { status: i32, calls: usize },
+}
+
+/// What to do to a crust run traced by [`crust_traced`].
+#[derive(Default)]
+struct Plan<'a> {
+    /// SIGKILL crust right after its n-th watched syscall returned
+    /// (1-based).
+    kill_after: Option<usize>,
+    /// Make crust's n-th ptrace call with this request (1-based) fail with
+    /// EIO, without running it.
+    fail_ptrace: Option<(u64, usize)>,
+    /// Run this while crust is stopped right after its n-th watched
+    /// syscall.
+    pause_after: Option<(usize, &'a mut dyn FnMut())>,
 }
 
 /// The syscalls by which crust changes a task: ptrace and
@@ -264,9 +333,10 @@ fn watched(nr: i64) -> Option<&'static str> {
     }
 }
 
-/// Run crust with `args` traced by this thread, and SIGKILL it right after
-/// its `kill_after`-th watched syscall returned (1-based; `None`: never).
-fn crust_traced(args: &[&str], log: &Path, kill_after: Option<usize>) -> TracedEnd {
+/// Run crust with `args` traced by this thread (PTRACE_TRACEME, syscall
+/// stops), doing what `plan` says. A crust still running after 60 s is
+/// killed and the test fails.
+fn crust_traced(args: &[&str], log: &Path, mut plan: Plan) -> TracedEnd {
     let f = fs::File::create(log).expect("crust log");
     let mut cmd = Command::new(crust_bin());
     cmd.args(args)
@@ -281,63 +351,109 @@ fn crust_traced(args: &[&str], log: &Path, kill_after: Option<usize>) -> TracedE
             Ok(())
         });
     }
-    let child = cmd.spawn().expect("spawn crust");
-    let pid = child.id() as i32;
+    // Reaped with waitpid below (the tracer's wait).
+    let pid = cmd.spawn().expect("spawn crust").id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+    };
     let wait = || {
         let mut st = 0;
         let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
         assert_eq!(r, pid, "waitpid crust: {}", std::io::Error::last_os_error());
         st
     };
-    // The exec stop.
-    let st = wait();
-    assert!(libc::WIFSTOPPED(st), "crust did not stop at exec: {st:#x}");
-    unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETOPTIONS,
-            pid,
-            0,
-            libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL,
-        )
-    };
-    let mut calls = 0usize;
-    let mut in_syscall: Option<Option<&'static str>> = None;
-    let mut sig = 0;
-    loop {
-        unsafe { libc::ptrace(libc::PTRACE_SYSCALL, pid, 0, sig) };
-        sig = 0;
+    let end = (|| {
+        // The exec stop.
         let st = wait();
-        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            return TracedEnd::Finished { status: st, calls };
-        }
-        let stop = libc::WSTOPSIG(st);
-        if stop != libc::SIGTRAP | 0x80 {
-            if stop != libc::SIGTRAP && (st >> 16) == 0 {
-                sig = stop;
+        assert!(libc::WIFSTOPPED(st), "crust did not stop at exec: {st:#x}");
+        unsafe {
+            libc::ptrace(
+                libc::PTRACE_SETOPTIONS,
+                pid,
+                0,
+                libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL,
+            )
+        };
+        let mut calls = 0usize;
+        let mut failing = 0usize;
+        let mut in_syscall: Option<(Option<&'static str>, bool)> = None;
+        let mut sig = 0;
+        loop {
+            unsafe { libc::ptrace(libc::PTRACE_SYSCALL, pid, 0, sig) };
+            sig = 0;
+            let st = wait();
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                return TracedEnd::Finished { status: st, calls };
             }
-            continue;
-        }
-        match in_syscall.take() {
-            None => {
-                let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-                unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs) };
-                in_syscall = Some(watched(regs.orig_rax as i64));
+            let stop = libc::WSTOPSIG(st);
+            if stop != libc::SIGTRAP | 0x80 {
+                if stop != libc::SIGTRAP && (st >> 16) == 0 {
+                    sig = stop;
+                }
+                continue;
             }
-            Some(Some(name)) => {
-                calls += 1;
-                if Some(calls) == kill_after {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    loop {
-                        let st = wait();
-                        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-                            return TracedEnd::Killed(name);
+            let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+            unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs) };
+            match in_syscall.take() {
+                None => {
+                    let name = watched(regs.orig_rax as i64);
+                    let mut fail = false;
+                    if let Some((req, nth)) = plan.fail_ptrace {
+                        if name == Some("ptrace") && regs.rdi == req {
+                            failing += 1;
+                            if failing == nth {
+                                regs.orig_rax = u64::MAX;
+                                unsafe { libc::ptrace(libc::PTRACE_SETREGS, pid, 0, &regs) };
+                                fail = true;
+                            }
+                        }
+                    }
+                    in_syscall = Some((name, fail));
+                }
+                Some((name, fail)) => {
+                    if fail {
+                        regs.rax = (-libc::EIO) as u64;
+                        unsafe { libc::ptrace(libc::PTRACE_SETREGS, pid, 0, &regs) };
+                    }
+                    let Some(name) = name else { continue };
+                    calls += 1;
+                    if let Some((n, f)) = plan.pause_after.as_mut() {
+                        if *n == calls {
+                            f();
+                        }
+                    }
+                    if Some(calls) == plan.kill_after {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        loop {
+                            let st = wait();
+                            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                                return TracedEnd::Killed(name);
+                            }
                         }
                     }
                 }
             }
-            Some(None) => {}
         }
-    }
+    })();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !watchdog.join().unwrap(),
+        "crust {args:?} hung (killed after 60 s): {}",
+        fs::read_to_string(log).unwrap_or_default()
+    );
+    end
 }
 
 // ------------------------------------------------------------------- dump
@@ -350,15 +466,17 @@ fn crust_traced(args: &[&str], log: &Path, kill_after: Option<usize>) -> TracedE
 #[test]
 fn dump_killed_after_each_ptrace_call() {
     let mut soak = Soak::start();
-    let before: BTreeMap<i32, MapsSnapshot> =
-        soak.pids.iter().map(|&p| (p, snapshot(p))).collect();
+    let before: BTreeMap<i32, MapsSnapshot> = soak.pids.iter().map(|&p| (p, snapshot(p))).collect();
     let dir = soak.w.images_dir("img");
     let log = soak.w.scratch.join("crust.log");
     let pid = soak.pids[0].to_string();
     let args = ["dump", "-t", &pid, "-D", s(&dir), "--leave-running"];
-    let total = match crust_traced(&args, &log, None) {
+    let total = match crust_traced(&args, &log, Plan::default()) {
         TracedEnd::Finished { status: 0, calls } => calls,
-        other => panic!("a traced dump failed: {other:?}: {}", fs::read_to_string(&log).unwrap_or_default()),
+        other => panic!(
+            "a traced dump failed: {other:?}: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        ),
     };
     soak.assert_whole_and_running("after a traced dump");
     let points = count(40, total);
@@ -367,7 +485,14 @@ fn dump_killed_after_each_ptrace_call() {
     for k in 0..points {
         // Spread evenly over the whole dump.
         let n = 1 + k * total / points;
-        let end = crust_traced(&args, &log, Some(n));
+        let end = crust_traced(
+            &args,
+            &log,
+            Plan {
+                kill_after: Some(n),
+                ..Plan::default()
+            },
+        );
         match end {
             TracedEnd::Killed(name) => *by_call.entry(name).or_default() += 1,
             TracedEnd::Finished { .. } => {}
@@ -381,4 +506,404 @@ fn dump_killed_after_each_ptrace_call() {
     let leftovers: usize = soak.pids.iter().map(|&p| count_scratch(p)).sum();
     eprintln!("scratch mappings left by killed crusts: {leftovers}");
     soak.w.terminate_and_check();
+}
+
+/// crust killed (SIGKILL) at random moments of --leave-running dumps: the
+/// tree always comes out whole and running, its code and mappings the same
+/// but for scratch mappings a killed crust leaves.
+#[test]
+fn dump_killed_at_random_moments() {
+    let mut soak = Soak::start();
+    let before: BTreeMap<i32, MapsSnapshot> = soak.pids.iter().map(|&p| (p, snapshot(p))).collect();
+    let dir = soak.w.images_dir("img");
+    let pid = soak.pids[0].to_string();
+    let args = ["dump", "-t", &pid, "-D", s(&dir), "--leave-running"];
+    let t0 = Instant::now();
+    crust(&args).ok();
+    let span = t0.elapsed().as_micros() as u64 * 12 / 10;
+    let n = count(100, 100);
+    let mut rng = Rng::new();
+    let mut finished = 0;
+    for i in 0..n {
+        let delay = rng.below(span);
+        let mut child = Command::new(crust_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn crust");
+        std::thread::sleep(Duration::from_micros(delay));
+        let _ = child.kill();
+        if child.wait().expect("wait crust").success() {
+            finished += 1;
+        }
+        soak.assert_whole_and_running(&format!("kill {i} after {delay} µs"));
+    }
+    for (&p, b) in &before {
+        assert_same_process(p, b, &snapshot(p), true);
+    }
+    let leftovers: usize = soak.pids.iter().map(|&p| count_scratch(p)).sum();
+    eprintln!(
+        "{n} kills within {span} µs: {} during the dump, {finished} after it ended; \
+         scratch mappings left: {leftovers}",
+        n - finished
+    );
+    soak.w.terminate_and_check();
+    soak.wait_free();
+}
+
+/// crust killed at random moments of a restore: afterwards either the whole
+/// tree runs (the restore had ended) or none of its processes is left,
+/// stopped or running.
+#[test]
+fn restore_killed_at_random_moments() {
+    let mut soak = Soak::start();
+    let dir = soak.w.images_dir("img");
+    dump(&soak.w, &dir, &[]).ok();
+    soak.w.reap_original();
+    soak.wait_free();
+    soak.save_files();
+    let args = ["restore", "-D", s(&dir), "-d"];
+    let t0 = Instant::now();
+    crust(&args).ok();
+    let span = t0.elapsed().as_micros() as u64 * 12 / 10;
+    soak.assert_whole_and_running("after a restore");
+    soak.kill_tree();
+    let n = count(100, 100);
+    let mut rng = Rng::new();
+    let (mut whole, mut nothing) = (0, 0);
+    for i in 0..n {
+        let delay = rng.below(span);
+        soak.reset_files();
+        let mut child = Command::new(crust_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn crust");
+        std::thread::sleep(Duration::from_micros(delay));
+        let _ = child.kill();
+        let st = child.wait().expect("wait crust");
+        // A task crust's death killed may take a moment to die.
+        std::thread::sleep(Duration::from_millis(50));
+        let alive: Vec<i32> = soak
+            .pids
+            .iter()
+            .copied()
+            .filter(|&p| pid_alive(p))
+            .collect();
+        if alive.len() == soak.pids.len() && st.success() {
+            soak.assert_whole_and_running(&format!("restore {i} that ended"));
+            whole += 1;
+            soak.kill_tree();
+            continue;
+        }
+        if alive.len() == soak.pids.len() {
+            // Killed after the tree was let go, before crust exited?
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while soak.pids.iter().all(|&p| pid_alive(p)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if soak.pids.iter().all(|&p| pid_alive(p)) {
+                soak.assert_whole_and_running(&format!("restore {i} killed after it let go"));
+                whole += 1;
+                soak.kill_tree();
+                continue;
+            }
+        }
+        let t = Instant::now();
+        for &p in &soak.pids {
+            let left = Duration::from_secs(5).saturating_sub(t.elapsed());
+            let deadline = Instant::now() + left;
+            loop {
+                reap_if_ours(p);
+                if !Path::new(&format!("/proc/{p}")).exists() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "restore {i} killed after {delay} µs left pid {p} behind: {}",
+                    fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        nothing += 1;
+    }
+    eprintln!("{n} kills within {span} µs: {nothing} left nothing, {whole} a whole running tree");
+    soak.reset_files();
+    crust(&args).ok();
+    soak.w.mark_restored();
+    soak.assert_whole_and_running("after the last restore");
+    soak.w.terminate_and_check();
+    soak.wait_free();
+}
+
+fn reap_if_ours(pid: i32) {
+    let mut st = 0;
+    unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
+}
+
+/// A restore that fails after the restored processes have their threads
+/// (PTRACE_SETREGSET made to fail): crust reports it and exits, no process
+/// is left, and the next restore works.
+#[test]
+fn restore_failing_after_threads_exist_leaves_nothing() {
+    let mut soak = Soak::start();
+    let dir = soak.w.images_dir("img");
+    dump(&soak.w, &dir, &[]).ok();
+    soak.w.reap_original();
+    soak.wait_free();
+    soak.save_files();
+    let log = soak.w.scratch.join("crust.log");
+    let args = ["restore", "-D", s(&dir), "-d"];
+    const PTRACE_SETREGSET: u64 = 0x4205;
+    // The XSTATE of the root's main thread, of the second process's second
+    // thread, of the last thread.
+    for nth in [1, 5, 9] {
+        soak.reset_files();
+        let end = crust_traced(
+            &args,
+            &log,
+            Plan {
+                fail_ptrace: Some((PTRACE_SETREGSET, nth)),
+                ..Plan::default()
+            },
+        );
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        match end {
+            TracedEnd::Finished { status, .. } => assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
+                "crust ended with {status:#x}: {text}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            text.contains("XSTATE"),
+            "the error does not say what failed: {text}"
+        );
+        for &p in &soak.pids {
+            assert_pid_free(p);
+        }
+    }
+    soak.reset_files();
+    restore(&soak.w, &dir, &["-d"]).ok();
+    soak.w.mark_restored();
+    soak.assert_whole_and_running("after the next restore");
+    soak.w.terminate_and_check();
+    soak.wait_free();
+}
+
+/// A dump that fails, at several moments (a ptrace call made to fail), or
+/// succeeds: the tree's mappings are exactly what they were, no scratch
+/// mapping left.
+#[test]
+fn scratch_mapping_gone_after_dumps_that_end() {
+    let soak = Soak::start();
+    let before: BTreeMap<i32, MapsSnapshot> = soak.pids.iter().map(|&p| (p, snapshot(p))).collect();
+    let dir = soak.w.images_dir("img");
+    let pid = soak.pids[0].to_string();
+    let args = ["dump", "-t", &pid, "-D", s(&dir), "--leave-running"];
+    crust(&args).ok();
+    for (&p, b) in &before {
+        assert_same_process(p, b, &snapshot(p), false);
+    }
+    soak.assert_whole_and_running("after a dump");
+    let log = soak.w.scratch.join("crust.log");
+    const PTRACE_SYSCALL: u64 = 24;
+    const PTRACE_PEEKSIGINFO: u64 = 0x4209;
+    // The first, second, fifth and eleventh remote syscalls (mmap of the
+    // scratch mapping, then calls with it mapped), and the first peek at
+    // pending signals (after the scratch mapping is gone).
+    for (req, nth) in [
+        (PTRACE_SYSCALL, 1),
+        (PTRACE_SYSCALL, 3),
+        (PTRACE_SYSCALL, 9),
+        (PTRACE_SYSCALL, 21),
+        (PTRACE_PEEKSIGINFO, 1),
+    ] {
+        let end = crust_traced(
+            &args,
+            &log,
+            Plan {
+                fail_ptrace: Some((req, nth)),
+                ..Plan::default()
+            },
+        );
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        match end {
+            TracedEnd::Finished { status, .. } => assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
+                "dump with ptrace request {req:#x} #{nth} failing ended with {status:#x}: {text}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            text.contains("Input/output error"),
+            "the error is not reported: {text}"
+        );
+        for (&p, b) in &before {
+            assert_same_process(p, b, &snapshot(p), false);
+        }
+        soak.assert_whole_and_running(&format!("after a dump failing at request {req:#x} #{nth}"));
+    }
+    let mut soak = soak;
+    soak.w.terminate_and_check();
+    soak.wait_free();
+}
+
+/// A second dump of a tree a first dump holds frozen fails at once, naming
+/// the first dump's pid, and leaves it be: the first one succeeds, the tree
+/// is whole. Two dumps started at the same moment: each succeeds or fails
+/// that way, the tree is whole.
+#[test]
+fn concurrent_dumps_of_the_same_tree() {
+    let mut soak = Soak::start();
+    let dir_a = soak.w.images_dir("img-a");
+    let dir_b = soak.w.images_dir("img-b");
+    let pid = soak.pids[0].to_string();
+    let args_a = ["dump", "-t", &pid, "-D", s(&dir_a), "--leave-running"];
+    let args_b = ["dump", "-t", &pid, "-D", s(&dir_b), "--leave-running"];
+    let log = soak.w.scratch.join("crust-a.log");
+    let mut second = None;
+    let p0 = soak.pids[0];
+    let mut run_second = || {
+        let tracer = tracer_pid(p0).expect("a tracer");
+        second = Some((tracer, crust(&args_b)));
+    };
+    let end = crust_traced(
+        &args_a,
+        &log,
+        Plan {
+            pause_after: Some((100, &mut run_second)),
+            ..Plan::default()
+        },
+    );
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        matches!(end, TracedEnd::Finished { status: 0, .. }),
+        "the first dump failed: {end:?}: {text}"
+    );
+    let (tracer, b) = second.expect("the second dump ran");
+    b.fails()
+        .stderr_names(&[&format!("already traced by pid {tracer}")]);
+    assert!(
+        dir_a.join("inventory.img").is_file(),
+        "the first dump wrote no images"
+    );
+    assert!(
+        !dir_b.join("inventory.img").exists(),
+        "the second dump wrote an image set"
+    );
+    soak.assert_whole_and_running("after two dumps");
+    for round in 0..5 {
+        let spawn = |args: &[&str]| {
+            Command::new(crust_bin())
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn crust")
+        };
+        let (a, b) = (spawn(&args_a), spawn(&args_b));
+        let mut ok = 0;
+        for c in [a, b] {
+            let o = c.wait_with_output().expect("wait crust");
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.success() {
+                ok += 1;
+            } else {
+                assert!(
+                    o.status.code() == Some(1) && err.contains("already traced by pid"),
+                    "round {round}: a concurrent dump failed otherwise: {} {err}",
+                    o.status
+                );
+            }
+        }
+        eprintln!("round {round}: {ok} of 2 concurrent dumps succeeded");
+        soak.assert_whole_and_running(&format!("after concurrent dumps, round {round}"));
+    }
+    soak.w.terminate_and_check();
+    soak.wait_free();
+}
+
+/// Peak RSS in KiB of a crust run under /usr/bin/time.
+fn crust_peak_rss(args: &[&str], scratch: &Scratch) -> u64 {
+    let out = scratch.join("time.txt");
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o", s(&out)])
+        .arg(crust_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run /usr/bin/time crust");
+    assert!(
+        o.status.success(),
+        "crust {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fs::read_to_string(&out)
+        .expect("time output")
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .expect("peak RSS")
+}
+
+fn median(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Dump (killing the tree) and restore the same three-process, nine-thread
+/// tree with a pipe full of data and open files, cycle after cycle; after
+/// every restore the tree is whole and running (its own continuous checks
+/// of memory, registers, pipe and file offsets pass), and crust's peak RSS
+/// does not grow.
+#[test]
+fn soak_dump_restore_cycles() {
+    let mut soak = Soak::start();
+    let cycles = count(50, 200);
+    let pid = soak.pids[0].to_string();
+    let (mut dump_rss, mut restore_rss) = (Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    for c in 0..cycles {
+        let dir = soak.w.images_dir("img");
+        dump_rss.push(crust_peak_rss(
+            &["dump", "-t", &pid, "-D", s(&dir)],
+            &soak.w.scratch,
+        ));
+        if c == 0 {
+            soak.w.reap_original();
+        }
+        soak.wait_free();
+        restore_rss.push(crust_peak_rss(
+            &["restore", "-D", s(&dir), "-d"],
+            &soak.w.scratch,
+        ));
+        soak.assert_whole_and_running(&format!("cycle {c}"));
+    }
+    soak.w.mark_restored();
+    let k = (cycles / 4).max(1);
+    eprintln!(
+        "{cycles} cycles in {:.1} s; crust peak RSS (KiB): dump first {:?} last {:?}, \
+         restore first {:?} last {:?}",
+        t0.elapsed().as_secs_f64(),
+        &dump_rss[..k],
+        &dump_rss[cycles - k..],
+        &restore_rss[..k],
+        &restore_rss[cycles - k..]
+    );
+    for (what, v) in [("dump", &dump_rss), ("restore", &restore_rss)] {
+        let (first, last) = (median(&v[..k]), median(&v[cycles - k..]));
+        assert!(
+            last <= first + first / 10 + 1024,
+            "crust's {what} peak RSS grew: median {first} KiB over the first {k} cycles, \
+             {last} KiB over the last {k}"
+        );
+    }
+    soak.w.terminate_and_check();
+    soak.wait_free();
 }

@@ -12,7 +12,9 @@
 
 use crust_sys::procfs::{self, Vma, VmaPath};
 use crust_sys::ptrace::{self, Regs};
-use crust_sys::remote::{find_gadgets, find_syscall_insn, Gadgets, GuardedSyscaller, RemoteSyscaller};
+use crust_sys::remote::{
+    find_gadgets, find_syscall_insn, Gadgets, GuardedSyscaller, RemoteSyscaller,
+};
 use crust_sys::vm::{self, RemoteRange};
 
 use crate::error::{Context, Error, Result};
@@ -122,9 +124,9 @@ impl Remote {
                     .iter()
                     .copied()
                     .find(|&(s, e)| s < rsp && rsp <= e);
-                match stack.map(|st| {
-                    GuardedSyscaller::begin(tid, g, th.regs, &th.xstate, th.sigmask, st)
-                }) {
+                match stack
+                    .map(|st| GuardedSyscaller::begin(tid, g, th.regs, &th.xstate, th.sigmask, st))
+                {
                     Some(Ok(g)) => Some(g),
                     Some(Err(e)) if e.kind() != std::io::ErrorKind::Unsupported => {
                         return Err(e).ctx(|| format!("preparing remote syscalls in thread {tid}"))

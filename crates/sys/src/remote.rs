@@ -345,8 +345,6 @@ pub struct GuardedSyscaller {
     /// The thread's registers when crust took it.
     own: Regs,
     own_mask: u64,
-    /// Registers of a call: `own` with rsp on the frame.
-    base: Regs,
     /// Where the frame is, and the bytes it covers.
     frame_at: u64,
     under_frame: Vec<u8>,
@@ -397,11 +395,9 @@ impl GuardedSyscaller {
         let mut under_frame = vec![0u8; frame.len()];
         vm::read_ranges(tid, &range, &mut under_frame)?;
         vm::write_ranges(tid, &range, &frame)?;
-        let mut base = regs;
-        base.rsp = frame_at;
-        base.orig_rax = u64::MAX;
         // Parked: resumed now, the thread would run rt_sigreturn at once.
-        let mut parked = base;
+        let mut parked = regs;
+        parked.orig_rax = u64::MAX;
         parked.rip = gadgets.restorer;
         parked.rsp = frame_at + 8;
         let g = GuardedSyscaller {
@@ -409,7 +405,6 @@ impl GuardedSyscaller {
             gadgets,
             own: regs,
             own_mask: sigmask,
-            base,
             frame_at,
             under_frame,
             at_signal_stop: std::cell::Cell::new(true),
@@ -435,7 +430,10 @@ impl GuardedSyscaller {
     /// Run syscall `nr` with `args`; returns the raw result (a negative
     /// errno on failure).
     pub fn raw(&self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
-        let mut regs = self.base;
+        // The thread's own registers but for rsp, on the frame, and the call.
+        let mut regs = self.own;
+        regs.rsp = self.frame_at;
+        regs.orig_rax = u64::MAX;
         regs.rip = self.gadgets.syscall_ret;
         regs.rax = nr as u64;
         regs.rdi = args[0];

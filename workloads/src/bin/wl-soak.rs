@@ -79,7 +79,11 @@ fn checker(dir: String, idx: usize) {
     while !terminated() && !failed() {
         for (i, g) in gens.iter().enumerate() {
             if let Err(off) = unsafe { check_pattern(base.add(i * CHUNK), CHUNK, *g) } {
-                fail(&dir, idx, format!("pass {pass}: chunk {i} differs at {off}"));
+                fail(
+                    &dir,
+                    idx,
+                    format!("pass {pass}: chunk {i} differs at {off}"),
+                );
                 return;
             }
         }
@@ -90,12 +94,20 @@ fn checker(dir: String, idx: usize) {
         let rec = pass.to_ne_bytes();
         let n = unsafe { libc::write(fd, rec.as_ptr().cast(), 8) };
         if n != 8 {
-            fail(&dir, idx, format!("write of record {pass}: {n}, errno {}", errno()));
+            fail(
+                &dir,
+                idx,
+                format!("write of record {pass}: {n}, errno {}", errno()),
+            );
             return;
         }
         let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
         if off != 8 * pass as i64 {
-            fail(&dir, idx, format!("record file offset {off} after {pass} records"));
+            fail(
+                &dir,
+                idx,
+                format!("record file offset {off} after {pass} records"),
+            );
             return;
         }
         sleep_ms(5);
@@ -175,7 +187,11 @@ fn registers(dir: String, idx: usize) {
         let v = [0u64, 1, 2, 3].map(|i| mix64(round * 4 + i + ((idx as u64) << 40)));
         let got = sleep_keeping(&ts, v);
         if got != v {
-            fail(&dir, idx, format!("round {round}: r12-r15 were {v:x?}, now {got:x?}"));
+            fail(
+                &dir,
+                idx,
+                format!("round {round}: r12-r15 were {v:x?}, now {got:x?}"),
+            );
             return;
         }
         let src = [0u64, 1, 2, 3, 4, 5, 6, 7].map(|i| mix64(round ^ (i << 56)));
@@ -190,7 +206,11 @@ fn registers(dir: String, idx: usize) {
             0
         };
         if src[..n] != dst[..n] {
-            fail(&dir, idx, format!("round {round}: vector register was {src:x?}, now {dst:x?}"));
+            fail(
+                &dir,
+                idx,
+                format!("round {round}: vector register was {src:x?}, now {dst:x?}"),
+            );
             return;
         }
     }
@@ -250,18 +270,26 @@ fn reader(dir: &str, fd: i32) {
     while !terminated() && !failed() {
         if !read_exact(fd, &mut rec) {
             if !terminated() {
-                fail(dir, 1, format!(
+                fail(
+                    dir,
+                    1,
+                    format!(
                         "pipe read after record {next}: returned {}, errno {}",
                         LAST_READ.load(Ordering::SeqCst),
                         errno()
-                    ));
+                    ),
+                );
             }
             return;
         }
         let seq = u64::from_ne_bytes(rec[..8].try_into().unwrap());
         let sum = u64::from_ne_bytes(rec[8..].try_into().unwrap());
         if seq != next || sum != mix64(seq) {
-            fail(dir, 1, format!("pipe record {seq} ({sum:#x}) where {next} was due"));
+            fail(
+                dir,
+                1,
+                format!("pipe record {seq} ({sum:#x}) where {next} was due"),
+            );
             return;
         }
         next += 1;
@@ -323,7 +351,11 @@ fn main() {
         rec[8..].copy_from_slice(&mix64(seq).to_ne_bytes());
         if !write_all(fds[1], &rec) {
             if !terminated() {
-                fail(&dir, 0, format!("pipe write of record {seq}: errno {}", errno()));
+                fail(
+                    &dir,
+                    0,
+                    format!("pipe write of record {seq}: errno {}", errno()),
+                );
             }
             break;
         }
