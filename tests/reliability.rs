@@ -907,3 +907,76 @@ fn soak_dump_restore_cycles() {
     soak.w.terminate_and_check();
     soak.wait_free();
 }
+
+/// Dumps (-R) of a root that forks children exec'ing /bin/true and creates
+/// and joins threads all the time: each either succeeds with every task of
+/// its pstree image having its core image, or refuses with a message; the
+/// root runs on untraced either way. Then a dump that kills it, and its
+/// restore, pass the root's own checks.
+#[test]
+fn dump_racing_fork_clone_exec_exit() {
+    let mut w = Workload::start("wl-churn", &[]);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut outcomes = Vec::new();
+    for i in 0..8 {
+        let dir = w.images_dir(&format!("img-{i}"));
+        let r = dump(&w, &dir, &["-R"]);
+        if r.status.success() {
+            let cores = assert_whole_image(&dir);
+            outcomes.push(format!("caught {cores} threads"));
+        } else {
+            let r = r.fails();
+            outcomes.push(format!("refused: {}", r.stderr.trim()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(tracer_pid(w.pid) == Some(0) && matches!(pid_state(w.pid), Some('S' | 'R' | 'D'))) {
+            assert!(
+                Instant::now() < deadline,
+                "dump {i}: the root is left {:?}, traced by {:?}",
+                pid_state(w.pid),
+                tracer_pid(w.pid)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    eprintln!("dumps racing the tree's changes: {outcomes:#?}");
+    let dir = (0..5)
+        .find_map(|i| {
+            let dir = w.images_dir(&format!("final-{i}"));
+            dump(&w, &dir, &[]).status.success().then_some(dir)
+        })
+        .expect("no dump out of five succeeded");
+    assert_whole_image(&dir);
+    let pids = tree_pids(&dir);
+    w.reap_original();
+    for p in pids {
+        wait_pid_free(p, Duration::from_secs(10));
+    }
+    restore(&w, &dir, &["-d"]).ok();
+    w.mark_restored();
+    w.terminate_and_check();
+}
+
+/// Every thread of DIR/pstree.img has its core image; returns how many.
+fn assert_whole_image(dir: &Path) -> usize {
+    let o = Command::new(crust_bin())
+        .args(["show", s(&dir.join("pstree.img"))])
+        .output()
+        .expect("crust show");
+    assert!(o.status.success(), "crust show pstree.img failed");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("pstree JSON");
+    let entries = v["entries"].as_array().expect("entries");
+    let mut n = 0;
+    for e in entries {
+        for t in e["threads"].as_array().expect("threads") {
+            let core = dir.join(format!("core-{}.img", t.as_u64().expect("tid")));
+            assert!(
+                core.is_file(),
+                "{} is missing from a dump that succeeded",
+                core.display()
+            );
+            n += 1;
+        }
+    }
+    n
+}

@@ -11,7 +11,8 @@
 //!   its memory is intact);
 //! - a register thread loops on a 2 ms nanosleep made with inline asm,
 //!   holding known values in r12-r15 and, when the CPU has them, in zmm16
-//!   (AVX-512) or ymm8 (AVX) across it, and compares them after each;
+//!   (AVX-512) or ymm8 (AVX) across it, and compares them after each, and
+//!   its signal mask and alternate signal stack before each;
 //! - the main thread: in P0 writes numbered 16-byte records into a pipe
 //!   every ms (blocking when it is full), in C1 reads and checks them (one
 //!   every 2 ms, so the pipe keeps data), in C2 sleeps.
@@ -181,9 +182,37 @@ fn registers(dir: String, idx: usize) {
     };
     let zmm = std::arch::is_x86_feature_detected!("avx512f");
     let ymm = std::arch::is_x86_feature_detected!("avx");
+    // Its signal mask (SIGUSR2 blocked on top of what it had) and its
+    // alternate signal stack must stay as they are, too.
+    let mask_and_altstack = || unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut m);
+        let mut ss: libc::stack_t = std::mem::zeroed();
+        libc::sigaltstack(std::ptr::null(), &mut ss);
+        let blocked: Vec<i32> = (1..=64)
+            .filter(|&s| libc::sigismember(&m, s) == 1)
+            .collect();
+        (blocked, ss.ss_sp as usize, ss.ss_size, ss.ss_flags)
+    };
+    unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut m);
+        libc::sigaddset(&mut m, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &m, std::ptr::null_mut());
+    }
+    let own = mask_and_altstack();
     let mut round: u64 = 0;
     while !terminated() && !failed() {
         round += 1;
+        let now = mask_and_altstack();
+        if now != own {
+            fail(
+                &dir,
+                idx,
+                format!("round {round}: mask and altstack were {own:?}, now {now:?}"),
+            );
+            return;
+        }
         let v = [0u64, 1, 2, 3].map(|i| mix64(round * 4 + i + ((idx as u64) << 40)));
         let got = sleep_keeping(&ts, v);
         if got != v {
