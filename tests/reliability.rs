@@ -208,6 +208,19 @@ impl Soak {
     }
 }
 
+impl Drop for Soak {
+    /// A failing test leaves no process of the tree behind: those still
+    /// running this workload (its dir on their command line) are killed.
+    fn drop(&mut self) {
+        for &p in &self.pids {
+            let cmdline = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(s(&self.dir)) {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 fn threads(pid: i32) -> Vec<i32> {
     fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
@@ -518,9 +531,13 @@ fn dump_killed_at_random_moments() {
     let dir = soak.w.images_dir("img");
     let pid = soak.pids[0].to_string();
     let args = ["dump", "-t", &pid, "-D", s(&dir), "--leave-running"];
-    let t0 = Instant::now();
-    crust(&args).ok();
-    let span = t0.elapsed().as_micros() as u64 * 12 / 10;
+    // The shortest of three whole dumps.
+    let mut span = u64::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        crust(&args).ok();
+        span = span.min(t0.elapsed().as_micros() as u64);
+    }
     let n = count(100, 100);
     let mut rng = Rng::new();
     let mut finished = 0;
@@ -564,11 +581,16 @@ fn restore_killed_at_random_moments() {
     soak.wait_free();
     soak.save_files();
     let args = ["restore", "-D", s(&dir), "-d"];
-    let t0 = Instant::now();
-    crust(&args).ok();
-    let span = t0.elapsed().as_micros() as u64 * 12 / 10;
-    soak.assert_whole_and_running("after a restore");
-    soak.kill_tree();
+    // The shortest of three whole restores.
+    let mut span = u64::MAX;
+    for _ in 0..3 {
+        soak.reset_files();
+        let t0 = Instant::now();
+        crust(&args).ok();
+        span = span.min(t0.elapsed().as_micros() as u64);
+        soak.assert_whole_and_running("after a restore");
+        soak.kill_tree();
+    }
     let n = count(100, 100);
     let mut rng = Rng::new();
     let (mut whole, mut nothing) = (0, 0);

@@ -468,16 +468,17 @@ impl GuardedSyscaller {
         if self.finished {
             return Ok(());
         }
-        ptrace::set_sigmask(self.tid, self.own_mask)?;
         if !self.at_signal_stop.get() {
             // From the syscall exit stop into a PTRACE_EVENT_STOP, on the way
-            // back to user mode, before the thread runs any instruction.
+            // back to user mode, before the thread runs any instruction; its
+            // signals still blocked, so that none is dequeued meanwhile.
             ptrace::interrupt(self.tid)?;
             self.wait_for(libc::SIGTRAP, libc::PTRACE_EVENT_STOP, |t| {
                 ptrace::resume(t, 0)
             })?;
             self.at_signal_stop.set(true);
         }
+        ptrace::set_sigmask(self.tid, self.own_mask)?;
         ptrace::set_regs(self.tid, &self.own)?;
         vm::write_ranges(
             self.tid,
