@@ -21,6 +21,10 @@ def settle(name, expect=None):
     after = ids()
     ok = after == before and (expect is None or expect(after))
     open(D + '/ok-' + name, 'w').write(("PASS" if ok else "FAIL %s %s" % (before, after)) + "\n")
+    # B stays until C has checked its parent.
+    deadline = time.time() + 10
+    while name == 'b' and not os.path.exists(D + '/ok-c') and time.time() < deadline:
+        time.sleep(0.02)
     os._exit(0)
 
 def wait_for(what, *names):

@@ -26,7 +26,6 @@ const PR_SET_SECCOMP: u64 = 22;
 const PR_CAPBSET_DROP: u64 = 24;
 const PR_SET_SECUREBITS: u64 = 28;
 const PR_SET_TIMERSLACK: u64 = 29;
-const PR_GET_TIMERSLACK: u64 = 30;
 const PR_SET_CHILD_SUBREAPER: u64 = 36;
 const PR_GET_CHILD_SUBREAPER: u64 = 37;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
@@ -54,7 +53,7 @@ const FILTER_AT: usize = 4096;
 
 /// What only the thread itself tells, asked with remote prctl calls.
 pub struct Facts {
-    /// PR_GET_TIMERSLACK.
+    /// The timer slack, from /proc/TID/timerslack_ns.
     pub timer_slack: u64,
     /// PR_GET_CHILD_SUBREAPER (process-wide).
     pub child_subreaper: bool,
@@ -64,11 +63,6 @@ pub struct Facts {
 
 /// Ask a frozen thread (the scratch area mapped) for its prctl state.
 pub fn ask(r: &Remote) -> Result<Facts> {
-    let timer_slack = r.call(
-        "prctl(PR_GET_TIMERSLACK)",
-        libc::SYS_prctl,
-        [PR_GET_TIMERSLACK, 0, 0, 0, 0, 0],
-    )?;
     let s = r.scratch();
     r.call(
         "prctl(PR_GET_CHILD_SUBREAPER)",
@@ -83,9 +77,18 @@ pub fn ask(r: &Remote) -> Result<Facts> {
         [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0],
     )?;
     Ok(Facts {
-        timer_slack,
+        timer_slack: procfs::read_timer_slack(r.pid())?,
         child_subreaper: u32::from_ne_bytes(v) != 0,
         thp_disabled: thp != 0,
+    })
+}
+
+/// [`ask`] for another thread `tid` of the process whose main thread told
+/// `main`: only the timer slack is the thread's own, read from /proc.
+pub fn ask_thread(tid: i32, main: &Facts) -> Result<Facts> {
+    Ok(Facts {
+        timer_slack: procfs::read_timer_slack(tid)?,
+        ..*main
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crust_image::{names, pb, ImageKind};
@@ -28,27 +29,62 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let root = opts.pid;
     // Allocate each process's page image before the freeze, so the frozen
     // window only copies.
+    let t_alloc = Instant::now();
     let mut outs: HashMap<i32, PagesOut> = HashMap::new();
     let before = crate::tree::collect(root)?;
     // Page image ids past those allocated here: for processes forked during
     // the freeze and for shared memory.
     let mut next_pages_id = before.len() as u32 + 1;
-    for (i, st) in before.iter().enumerate() {
-        if st.state == 'Z' {
-            continue;
-        }
-        let estimate = mm::estimate_page_bytes(st.pid).unwrap_or(0);
-        let id = i as u32 + 1;
-        let path = dir.create(&names::pages(id));
-        let file = PageFile::create(&path, estimate + (1 << 20))
-            .ctx(|| format!("allocating {}", path.display()))?;
-        outs.insert(st.pid, PagesOut { id, path, file });
-    }
-    let mut bufs = mm::PageBuffers::new();
+    // Allocating is zeroing tmpfs pages: spread over the CPUs.
+    let todo: Vec<(u32, i32, PathBuf)> = before
+        .iter()
+        .enumerate()
+        .filter(|(_, st)| st.state != 'Z')
+        .map(|(i, st)| {
+            (
+                i as u32 + 1,
+                st.pid,
+                dir.create(&names::pages(i as u32 + 1)),
+            )
+        })
+        .collect();
+    let per_thread = todo.len().div_ceil(crate::movers::default_count()).max(1);
+    let allocated = std::thread::scope(|scope| {
+        let workers: Vec<_> = todo
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || -> Result<Vec<(i32, PagesOut)>> {
+                    chunk
+                        .iter()
+                        .map(|(id, pid, path)| {
+                            let (id, pid, path) = (*id, *pid, path.clone());
+                            // Room for what the task may add before the freeze.
+                            let estimate = mm::estimate_page_bytes(pid).unwrap_or(0) + (256 << 10);
+                            let file = PageFile::create(&path, estimate)
+                                .ctx(|| format!("allocating {}", path.display()))?;
+                            Ok((pid, PagesOut { id, path, file }))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("page image allocation panicked"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    outs.extend(allocated.into_iter().flatten());
+    // Two movers, each with its buffers: one reads a process while the
+    // other writes the one before (within one process of a single window,
+    // reading and writing cannot overlap).
+    let nr_movers = crate::movers::default_count().min(2);
+    let bufs: Vec<mm::PageBuffers> = (0..nr_movers).map(|_| mm::PageBuffers::new()).collect();
 
+    tracing::debug!(ms = us(t_alloc) / 1000, "page images allocated");
     let t0 = Instant::now();
     let frozen = FrozenTree::seize(root)?;
     let freezing_us = us(t0);
+    tracing::debug!(ms = freezing_us / 1000, "tree frozen");
     let t_frozen = Instant::now();
 
     let layout: Vec<pb::PstreeEntry> = frozen
@@ -69,6 +105,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
         ghost_limit: opts.ghost_limit,
+        file_locks: opts.file_locks,
     };
     let mut files = FileTable::new();
     let mut ctx = DumpCtx::new(fd_opts, dir);
@@ -78,136 +115,165 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let mut root_ids = None;
     let mut pages_scanned = 0;
     let mut pages_written = 0;
-    let mut memdump_us = 0;
-    for (idx, (stat, tids)) in frozen.procs.iter().enumerate() {
-        let pid = stat.pid;
-        let id = idx as u32 + 1;
-        let status = procfs::read_status(pid)?;
-        let threads = tids
-            .iter()
-            .map(|&t| task::read_thread(t))
-            .collect::<Result<Vec<_>>>()?;
+    let bufs = std::sync::Mutex::new(bufs);
+    let memdump_us = AtomicU64::new(0);
+    std::thread::scope(|scope| -> Result<()> {
+        let movers = crate::movers::Movers::start(scope, nr_movers);
+        let mut pending = Vec::new();
+        for (idx, (stat, tids)) in frozen.procs.iter().enumerate() {
+            let pid = stat.pid;
+            let id = idx as u32 + 1;
+            let status = procfs::read_status(pid)?;
+            let threads = tids
+                .iter()
+                .map(|&t| task::read_thread(t))
+                .collect::<Result<Vec<_>>>()?;
 
-        // What only the task can tell: asked in each thread, with a scratch
-        // area mapped by the main thread. Each thread is parked on a signal
-        // frame of its own state until its registers and mask are put back
-        // (see remote.rs), so a crust killed meanwhile leaves it whole.
-        creds::suspend_seccomp_for_dump(pid, tids)?;
-        let mut r = Remote::for_dump(pid, pid, &threads[0])?;
-        let asked = (|| -> Result<_> {
-            r.map_scratch(None)?;
-            let mut facts = vec![task::ask(&r)?];
-            let mut more = vec![creds::ask(&r)?];
-            for (&tid, th) in tids.iter().zip(&threads).skip(1) {
-                let mut sib = r.dump_sibling(tid, th)?;
-                let f = task::ask(&sib).and_then(|f| Ok((f, creds::ask(&sib)?)));
-                sib.forget_scratch();
-                let end = sib.finish();
-                let (f, m) = f?;
-                end?;
-                facts.push(f);
-                more.push(m);
-            }
-            let sigactions =
-                signal::dump(&r, signal::worth_asking(status.sig_cgt, status.sig_ign))?;
-            let timers = crate::timers::dump(&r, pid, tids)?;
-            Ok((facts, more, sigactions, timers))
-        })();
-        let cleanup = r.unmap_scratch();
-        let end = r.finish();
-        let (facts, more, sigactions, timers) = asked?;
-        cleanup?;
-        end?;
+            // What only the task can tell: asked in each thread, with a scratch
+            // area mapped by the main thread. Each thread is parked on a signal
+            // frame of its own state until its registers and mask are put back
+            // (see remote.rs), so a crust killed meanwhile leaves it whole.
+            creds::suspend_seccomp_for_dump(pid, tids)?;
+            let mut r = Remote::for_dump(pid, pid, &threads[0])?;
+            let asked = (|| -> Result<_> {
+                r.map_scratch(None)?;
+                let mut facts = vec![task::ask(&r)?];
+                let mut more = vec![creds::ask(&r)?];
+                for (&tid, th) in tids.iter().zip(&threads).skip(1) {
+                    let mut sib = r.dump_sibling(tid, th)?;
+                    let f = task::ask_thread(&sib, facts[0].brk, facts[0].dumpable)
+                        .and_then(|f| Ok((f, creds::ask_thread(tid, &more[0])?)));
+                    sib.forget_scratch();
+                    let end = sib.finish();
+                    let (f, m) = f?;
+                    end?;
+                    facts.push(f);
+                    more.push(m);
+                }
+                let sigactions =
+                    signal::dump(&r, signal::worth_asking(status.sig_cgt, status.sig_ign))?;
+                let timers = crate::timers::dump(&r, pid, tids)?;
+                Ok((facts, more, sigactions, timers))
+            })();
+            let cleanup = r.unmap_scratch();
+            let end = r.finish();
+            let (facts, more, sigactions, timers) = asked?;
+            cleanup?;
+            end?;
 
-        let fs_entry = fs::dump(pid, &status, &mut files)?;
-        let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
-        let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files, &mut ctx)?;
-        shmem.add(pid, &mm_dump.shmem_mappings());
-        mm_dump.entry.dumpable = Some(facts[0].dumpable);
-        mm_dump.entry.thp_disabled = Some(more[0].thp_disabled);
-        let ids = pb::TaskKobjIdsEntry {
-            vm_id: id,
-            files_id: id,
-            fs_id: id,
-            sighand_id: id,
-            ..Default::default()
-        };
-        if idx == 0 {
-            root_ids = Some(ids);
-        }
-        let upid = pid as u32;
-        let mut leader = Some(task::LeaderParts { sigactions, ids });
-        for (i, (&tid, th)) in tids.iter().zip(&threads).enumerate() {
-            let (tstat, tstatus) = if i == 0 {
-                (stat.clone(), status.clone())
-            } else {
-                (
-                    procfs::read_task_stat(pid, tid)?,
-                    procfs::read_task_status(pid, tid)?,
-                )
+            let fs_entry = fs::dump(pid, &status, &mut files)?;
+            let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
+            let mut mm_dump = mm::collect(pid, stat, facts[0].brk, &mut files, &mut ctx)?;
+            shmem.add(pid, &mm_dump.shmem_mappings());
+            mm_dump.entry.dumpable = Some(facts[0].dumpable);
+            mm_dump.entry.thp_disabled = Some(more[0].thp_disabled);
+            let ids = pb::TaskKobjIdsEntry {
+                vm_id: id,
+                files_id: id,
+                fs_id: id,
+                sighand_id: id,
+                ..Default::default()
             };
-            let mut core =
-                task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
-            if let Some(tc) = core.tc.as_mut() {
-                tc.timers = Some(timers.clone());
+            if idx == 0 {
+                root_ids = Some(ids);
             }
-            crate::pending::dump(&mut core, pid, tid)?;
-            creds::fill(&mut core, tid, &tstatus, &more[i], &mut seccomp)?;
-            dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
+            let upid = pid as u32;
+            let mut leader = Some(task::LeaderParts { sigactions, ids });
+            for (i, (&tid, th)) in tids.iter().zip(&threads).enumerate() {
+                let (tstat, tstatus) = if i == 0 {
+                    (stat.clone(), status.clone())
+                } else {
+                    (
+                        procfs::read_task_stat(pid, tid)?,
+                        procfs::read_task_status(pid, tid)?,
+                    )
+                };
+                let mut core =
+                    task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
+                if let Some(tc) = core.tc.as_mut() {
+                    tc.timers = Some(timers.clone());
+                }
+                crate::pending::dump(&mut core, pid, tid)?;
+                creds::fill(&mut core, tid, &tstatus, &more[i], &mut seccomp)?;
+                dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
+            }
+
+            // Pages: straight from the task, through crust's buffers, into the
+            // page image, on a mover thread while this one goes on with the
+            // next process.
+            let need = mm_dump.nr_pages() * mm::PAGE;
+            let out = match outs.remove(&pid) {
+                Some(out) => out,
+                // Forked while the tree was being frozen: its page image is
+                // allocated now.
+                None => {
+                    let id = next_pages_id;
+                    next_pages_id += 1;
+                    let path = dir.create(&names::pages(id));
+                    let file = PageFile::create(&path, need)
+                        .ctx(|| format!("allocating {}", path.display()))?;
+                    PagesOut { id, path, file }
+                }
+            };
+            let file = if need > out.file.len() {
+                drop(out.file);
+                PageFile::create(&out.path, need)
+                    .ctx(|| format!("allocating {}", out.path.display()))?
+            } else {
+                out.file
+            };
+            pages_written += mm_dump.nr_pages();
+            pages_scanned += mm_dump
+                .entry
+                .vmas
+                .iter()
+                .map(|v| (v.end - v.start) / mm::PAGE)
+                .sum::<u64>();
+
+            dir.write(&names::ids(upid), ImageKind::Ids, &[ids])?;
+            dir.write(
+                &names::mm(upid),
+                ImageKind::Mm,
+                std::slice::from_ref(&mm_dump.entry),
+            )?;
+            dir.write_pagemap(
+                &names::pagemap(upid as u64),
+                out.id,
+                &mm_dump.pagemap_entries(),
+            )?;
+            let (bufs, memdump_us) = (&bufs, &memdump_us);
+            pending.push(movers.submit(move || {
+                let t_mem = Instant::now();
+                let mut mine = bufs
+                    .lock()
+                    .expect("page buffers")
+                    .pop()
+                    .expect("a set of buffers per mover");
+                let read = mm_dump.read_pages(pid, &file, &out.path, &mut mine);
+                bufs.lock().expect("page buffers").push(mine);
+                read?;
+                file.finish(need)
+                    .ctx(|| format!("writing {}", out.path.display()))?;
+                memdump_us.fetch_add(us(t_mem), Ordering::Relaxed);
+                Ok(())
+            }));
+            dir.write(&names::fdinfo(id), ImageKind::Fdinfo, &fdinfos)?;
+            dir.write(&names::fs(upid), ImageKind::Fs, &[fs_entry])?;
+            pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
         }
-
-        // Pages: straight from the task, through crust's buffers, into the
-        // page image.
-        let t_mem = Instant::now();
-        let need = mm_dump.nr_pages() * mm::PAGE;
-        let out = match outs.remove(&pid) {
-            Some(out) => out,
-            // Forked while the tree was being frozen: its page image is
-            // allocated now.
-            None => {
-                let id = next_pages_id;
-                next_pages_id += 1;
-                let path = dir.create(&names::pages(id));
-                let file = PageFile::create(&path, need)
-                    .ctx(|| format!("allocating {}", path.display()))?;
-                PagesOut { id, path, file }
-            }
-        };
-        let file = if need > out.file.len() {
-            drop(out.file);
-            PageFile::create(&out.path, need)
-                .ctx(|| format!("allocating {}", out.path.display()))?
-        } else {
-            out.file
-        };
-        mm_dump.read_pages(pid, &file, &out.path, &mut bufs)?;
-        file.finish(need)
-            .ctx(|| format!("writing {}", out.path.display()))?;
-        memdump_us += us(t_mem);
-        pages_written += mm_dump.nr_pages();
-        pages_scanned += mm_dump
-            .entry
-            .vmas
-            .iter()
-            .map(|v| (v.end - v.start) / mm::PAGE)
-            .sum::<u64>();
-
-        dir.write(&names::ids(upid), ImageKind::Ids, &[ids])?;
-        dir.write(
-            &names::mm(upid),
-            ImageKind::Mm,
-            std::slice::from_ref(&mm_dump.entry),
-        )?;
-        dir.write_pagemap(
-            &names::pagemap(upid as u64),
-            out.id,
-            &mm_dump.pagemap_entries(),
-        )?;
-        dir.write(&names::fdinfo(id), ImageKind::Fdinfo, &fdinfos)?;
-        dir.write(&names::fs(upid), ImageKind::Fs, &[fs_entry])?;
-        pstree.push(crate::tree::pstree_entry(stat, idx == 0, tids));
-    }
+        tracing::debug!(ms = us(t_frozen) / 1000, "every process asked");
+        for p in pending {
+            p.wait()?;
+        }
+        movers.finish();
+        tracing::debug!(ms = us(t_frozen) / 1000, "every page written");
+        Ok(())
+    })?;
+    let memdump_us = memdump_us.into_inner();
     // Shared anonymous memory, once per object, while the tree is frozen.
+    for &(ino, pid, fd) in ctx.memfds.sources() {
+        shmem.add_fd(ino, pid, fd);
+    }
     pages_written += shmem.dump_all(dir, next_pages_id)?;
     for z in &frozen.zombies {
         pstree.push(crate::tree::pstree_entry(z, false, &[z.pid]));
@@ -275,6 +341,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     } else {
         Release::Kill
     };
+    tracing::debug!(ms = us(t_frozen) / 1000, "images written");
     frozen.release(how)?;
     Ok(DumpStats {
         frozen_us: us(t_frozen),

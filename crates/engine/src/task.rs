@@ -344,6 +344,18 @@ const PR_GET_SECUREBITS: u64 = 27;
 
 /// Ask a frozen task (with the scratch area mapped) for its own facts.
 pub fn ask(r: &Remote) -> Result<RemoteFacts> {
+    let brk = r.call("brk(0)", libc::SYS_brk, [0; 6])?;
+    let dumpable = r.call(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
+    )?;
+    ask_thread(r, brk, dumpable as i32)
+}
+
+/// [`ask`] in another thread of a process whose main thread told `brk`
+/// and `dumpable` (which belong to the whole process).
+pub fn ask_thread(r: &Remote, brk: u64, dumpable: i32) -> Result<RemoteFacts> {
     let s = r.scratch();
     r.call(
         "prctl(PR_GET_TID_ADDRESS)",
@@ -362,12 +374,6 @@ pub fn ask(r: &Remote) -> Result<RemoteFacts> {
     )?;
     let mut buf = [0u8; 40];
     r.get(0, &mut buf)?;
-    let brk = r.call("brk(0)", libc::SYS_brk, [0; 6])?;
-    let dumpable = r.call(
-        "prctl(PR_GET_DUMPABLE)",
-        libc::SYS_prctl,
-        [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
-    )?;
     let secbits = r.call(
         "prctl(PR_GET_SECUREBITS)",
         libc::SYS_prctl,
@@ -378,7 +384,7 @@ pub fn ask(r: &Remote) -> Result<RemoteFacts> {
         clear_tid: u64_at(&buf, 0),
         pdeath_sig: u32_at(&buf, 8),
         brk,
-        dumpable: dumpable as i32,
+        dumpable,
         secbits: secbits as u32,
         sas: pb::ThreadSasEntry {
             ss_sp: u64_at(&buf, 16),
@@ -548,17 +554,49 @@ pub fn unregister_rseq(r: &Remote) -> Result<()> {
     Ok(())
 }
 
+/// The name (comm) a restored thread must have, at most 15 bytes.
+pub fn comm_of<'a>(p: &'a CoreParts) -> &'a str {
+    let comm =
+        p.th.comm
+            .as_deref()
+            .or(p.tc.map(|t| t.comm.as_str()))
+            .unwrap_or("");
+    let mut end = comm.len().min(15);
+    while !comm.is_char_boundary(end) {
+        end -= 1;
+    }
+    &comm[..end]
+}
+
+/// Give the thread behind `r` the name `comm` (PR_SET_NAME); threads
+/// created after inherit it.
+pub fn set_comm(r: &Remote, comm: &str) -> Result<()> {
+    let mut name = comm.as_bytes().to_vec();
+    name.push(0);
+    let a = r.put(0, &name)?;
+    r.call(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        [PR_SET_NAME, a, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
 /// Restore what only the task can set itself: clear_child_tid, robust list,
 /// sigaltstack, rseq, personality, comm and parent-death signal
-/// (credentials come later, from `creds`). The scratch area must be mapped. A thread
-/// crust just created (`new_thread`) starts without an alternate stack or
-/// parent-death signal, so those are only set when the dump had them.
-pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool) -> Result<()> {
-    r.call(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [p.ti.clear_tid_addr, 0, 0, 0, 0, 0],
-    )?;
+/// (credentials come later, from `creds`). The scratch area must be mapped.
+/// A thread crust just created (`new_thread`) starts without an alternate
+/// stack or parent-death signal, and with its clear_child_tid given at
+/// clone, so those are only set when needed; `comm_now` is the name it
+/// already has.
+pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool, comm_now: &str) -> Result<()> {
+    if !new_thread {
+        r.call(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            [p.ti.clear_tid_addr, 0, 0, 0, 0, 0],
+        )?;
+    }
     r.call(
         "set_robust_list",
         libc::SYS_set_robust_list,
@@ -600,31 +638,18 @@ pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool) -> Result<()> {
             [tc.personality as u64, 0, 0, 0, 0, 0],
         )?;
     }
-    let comm =
-        p.th.comm
-            .as_deref()
-            .or(p.tc.map(|t| t.comm.as_str()))
-            .unwrap_or("");
-    let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
-    name.push(0);
-    let a = r.put(0, &name)?;
-    r.call(
-        "prctl(PR_SET_NAME)",
-        libc::SYS_prctl,
-        [PR_SET_NAME, a, 0, 0, 0, 0],
-    )?;
-    r.call(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [
-            PR_SET_PDEATHSIG,
-            p.th.pdeath_sig.unwrap_or(0) as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
+    let comm = comm_of(p);
+    if comm != comm_now {
+        set_comm(r, comm)?;
+    }
+    let pdeath = p.th.pdeath_sig.unwrap_or(0);
+    if !new_thread || pdeath != 0 {
+        r.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [PR_SET_PDEATHSIG, pdeath as u64, 0, 0, 0, 0],
+        )?;
+    }
     Ok(())
 }
 

@@ -318,7 +318,7 @@ pub struct ForkPlan {
 
 impl ForkPlan {
     /// The pid that forks `e` (0: crust or the namespace's init).
-    fn fork_parent(&self, e: &pb::PstreeEntry) -> u32 {
+    pub fn fork_parent(&self, e: &pb::PstreeEntry) -> u32 {
         match self.lineage.fork_parent.get(&e.pid) {
             Some(&p) => p,
             None if e.pid == self.entries[0].pid => 0,
@@ -339,7 +339,7 @@ impl ForkPlan {
 }
 
 /// A restored process waiting for crust.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ready {
     /// Its pid in the images (and in its own pid namespace).
     pub pid: i32,
@@ -349,6 +349,9 @@ pub struct Ready {
     pub report_fd: i32,
     /// Its fd of the hold pipe, to close.
     pub hold_fd: i32,
+    /// The private memory it premapped (inherited or its own), filled:
+    /// kept as it is at restore.
+    pub premapped: Vec<(u64, u64)>,
 }
 
 /// A restored tree whose processes wait for crust. Dropping it kills them
@@ -508,15 +511,30 @@ const RECORD: usize = 12;
 /// The second field of a helper's report record.
 const HELPER_READY: i32 = -2;
 
+/// The second field of a record that lists a process's premapped ranges:
+/// the third is their number, and (start, end) pairs follow.
+const PREMAPPED: i32 = -3;
+
+/// At most this many premapped ranges are reported (the record stays
+/// under PIPE_BUF, so it is written whole).
+pub const MAX_PREMAPPED: usize = 250;
+
+/// What each restored process does in crust's code, in itself, before it
+/// is seized.
+pub struct Setup<'a> {
+    /// Before it forks its children: the memory they inherit
+    /// copy-on-write (see crust_sys::premap).
+    pub before_children: &'a dyn Fn(&pb::PstreeEntry) -> Result<()>,
+    /// After: its session's files, cwd, limits, scheduling.
+    pub last: &'a dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+}
+
 /// Fork the whole tree: crust forks the root with clone3 set_tid, and each
 /// restored process forks its own children the same way, after `setup`
 /// (session, fds, cwd, rlimits ...) in itself. Zombies exit at once with
 /// their status. Every live process then reports ready and waits in a read
 /// until crust seizes it.
-pub fn fork_tree(
-    plan: &ForkPlan,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
-) -> Result<RestoredTree> {
+pub fn fork_tree(plan: &ForkPlan, setup: &Setup) -> Result<RestoredTree> {
     let root = &plan.entries[0];
     let wanted = plan
         .entries
@@ -598,6 +616,7 @@ pub fn fork_tree(
     // The parent's copies of the channel ends went with the closure; only
     // the restored processes hold the report pipe's write end now.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut premapped: HashMap<i32, Vec<(u64, u64)>> = HashMap::new();
     while tree.ready.len() + tree.helpers.len() < live {
         wait_readable(&report_rd, tree.child, deadline, root.pid as i32)?;
         let mut rec = [0u8; RECORD];
@@ -625,11 +644,25 @@ pub fn fork_tree(
             tree.helpers.push((pid, pid));
             continue;
         }
+        if a == PREMAPPED {
+            let mut raw = vec![0u8; b.clamp(0, MAX_PREMAPPED as i32) as usize * 16];
+            read_full(&mut report_rd, &mut raw)?;
+            let ranges = raw
+                .chunks_exact(16)
+                .map(|c| {
+                    let w = |i: usize| u64::from_ne_bytes(c[i..i + 8].try_into().unwrap());
+                    (w(0), w(8))
+                })
+                .collect();
+            premapped.insert(pid, ranges);
+            continue;
+        }
         tree.ready.push(Ready {
             pid,
             outer: pid,
             report_fd: a,
             hold_fd: b,
+            premapped: premapped.remove(&pid).unwrap_or_default(),
         });
     }
     if plan.new_pid_ns {
@@ -724,7 +757,7 @@ pub fn ns_pids(init: i32) -> Result<HashMap<i32, i32>> {
 /// with the root's status.
 fn become_init(
     plan: &ForkPlan,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    setup: &Setup,
     chans: (OwnedFd, OwnedFd),
     handover: (std::fs::File, std::fs::File),
 ) -> i32 {
@@ -835,7 +868,7 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<bool> {
 fn fork_children(
     plan: &ForkPlan,
     me: u32,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    setup: &Setup,
     report: &OwnedFd,
     hold: &OwnedFd,
 ) -> Result<()> {
@@ -897,8 +930,12 @@ fn send_record(report: &OwnedFd, pid: i32, res: std::result::Result<(i32, i32), 
             rec.extend(msg);
         }
     }
-    // Written in place: crust may seize the caller as soon as it has the
-    // record, so nothing may happen after the write.
+    write_record(report, &rec);
+}
+
+/// Write a whole record in place: crust may seize the caller as soon as it
+/// has it, so nothing may happen after the write.
+fn write_record(report: &OwnedFd, rec: &[u8]) {
     let mut done = 0;
     while done < rec.len() {
         match nix::unistd::write(report, &rec[done..]) {
@@ -907,6 +944,21 @@ fn send_record(report: &OwnedFd, pid: i32, res: std::result::Result<(i32, i32), 
             Err(_) => return,
         }
     }
+}
+
+/// Send the premapped ranges of `pid` (at most [`MAX_PREMAPPED`]), before
+/// its ready record.
+fn send_premapped(report: &OwnedFd, pid: i32, ranges: &[(u64, u64)]) {
+    let ranges = &ranges[..ranges.len().min(MAX_PREMAPPED)];
+    let mut rec = Vec::with_capacity(RECORD + ranges.len() * 16);
+    rec.extend(pid.to_ne_bytes());
+    rec.extend(PREMAPPED.to_ne_bytes());
+    rec.extend((ranges.len() as i32).to_ne_bytes());
+    for &(s, e) in ranges {
+        rec.extend(s.to_ne_bytes());
+        rec.extend(e.to_ne_bytes());
+    }
+    write_record(report, &rec);
 }
 
 /// Block in a read of the hold pipe: crust seizes (or kills) the caller
@@ -926,7 +978,7 @@ fn hold_until_seized(hold: OwnedFd) -> i32 {
 fn become_process(
     plan: &ForkPlan,
     me: &pb::PstreeEntry,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    setup: &Setup,
     chans: (OwnedFd, OwnedFd),
     parent: i32,
 ) -> i32 {
@@ -950,15 +1002,22 @@ fn become_process(
         if plan.lineage.adopts(me.pid) {
             nix::sys::prctl::set_child_subreaper(true).ctx(|| "PR_SET_CHILD_SUBREAPER".into())?;
         }
+        (setup.before_children)(me)?;
         fork_children(plan, me.pid, setup, &report, &hold)?;
         // Children first: they need crust's open files, which setup closes
         // here (all but this process's own).
-        setup(me, &mut [&mut report, &mut hold])?;
+        (setup.last)(me, &mut [&mut report, &mut hold])?;
         Ok(())
     })();
     use std::os::fd::AsRawFd;
     match res {
-        Ok(()) => send_record(&report, pid, Ok((report.as_raw_fd(), hold.as_raw_fd()))),
+        Ok(()) => {
+            let premapped = crust_sys::premap::premapped();
+            if !premapped.is_empty() {
+                send_premapped(&report, pid, &premapped);
+            }
+            send_record(&report, pid, Ok((report.as_raw_fd(), hold.as_raw_fd())))
+        }
         Err(e) => {
             send_record(&report, pid, Err(e.to_string()));
             return 2;
@@ -971,12 +1030,7 @@ fn become_process(
 
 /// Runs in a forked copy of crust that becomes helper `me`: it creates its
 /// session or group, forks what it must, reports, and waits to be killed.
-fn become_helper(
-    plan: &ForkPlan,
-    me: &Helper,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
-    chans: (OwnedFd, OwnedFd),
-) -> i32 {
+fn become_helper(plan: &ForkPlan, me: &Helper, setup: &Setup, chans: (OwnedFd, OwnedFd)) -> i32 {
     let (report, hold) = chans;
     let pid = me.pid as i32;
     let res = (|| -> Result<()> {

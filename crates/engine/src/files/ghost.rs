@@ -560,6 +560,8 @@ mod tests {
             dir,
             pipes: Default::default(),
             ghosts: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         }
     }
 

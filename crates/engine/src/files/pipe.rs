@@ -709,6 +709,8 @@ mod tests {
             dir: &dir,
             pipes: OpenState::default(),
             ghosts: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         };
         let nr = Pipe.open(&er, &mut octx).unwrap();
         let nw = Pipe.open(&ew, &mut octx).unwrap();
@@ -873,6 +875,8 @@ mod tests {
             dir: &dir,
             pipes: OpenState::default(),
             ghosts: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         };
         let m = Pipe.open(&e, &mut octx).err().unwrap().to_string();
         assert!(m.contains("files.img") && m.contains("9"), "{m}");
@@ -930,6 +934,8 @@ mod tests {
             dir: &dir,
             pipes: OpenState::default(),
             ghosts: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         };
         octx.pipes.set_reg_entries(&regs);
         let nw = Pipe.open(&crius, &mut octx).unwrap();

@@ -1,6 +1,14 @@
-//! `/proc/PID/personality` and `/proc/PID/timers`.
+//! `/proc/PID/personality`, `/proc/PID/timers` and
+//! `/proc/TID/timerslack_ns`.
 
-use super::{dec_i32, hex_u32, hex_u64, ProcError, ProcFile};
+use super::{dec_i32, dec_u64, hex_u32, hex_u64, ProcError, ProcFile};
+
+/// Parses `/proc/TID/timerslack_ns`: one decimal number of nanoseconds.
+pub fn parse_timer_slack(text: &str) -> Result<u64, ProcError> {
+    let v = text.trim();
+    dec_u64(v)
+        .ok_or_else(|| ProcError::at(ProcFile::TimerSlack, 1, format!("bad decimal value {v:?}")))
+}
 
 /// Parses `/proc/PID/personality`: one hex number (e.g. `00000000`).
 pub fn parse_personality(text: &str) -> Result<u32, ProcError> {

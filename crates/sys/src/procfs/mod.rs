@@ -15,6 +15,7 @@
 mod auxv;
 mod fdinfo;
 mod limits;
+mod locks;
 mod maps;
 mod misc;
 mod mountinfo;
@@ -27,12 +28,13 @@ mod tests;
 
 pub use auxv::parse_auxv;
 pub use fdinfo::{
-    parse_epoll_tfd, parse_fdinfo, parse_inotify_wd, EpollTfd, EventfdInfo, FdInfo, InotifyWd,
-    TimerfdInfo,
+    parse_epoll_tfd, parse_fanotify_mark, parse_fdinfo, parse_inotify_wd, EpollTfd, EventfdInfo,
+    FanotifyInfo, FanotifyMark, FanotifyTarget, FdInfo, InotifyWd, TimerfdInfo,
 };
 pub use limits::{parse_limits, resource_of_row, Rlimit, RLIM_INFINITY};
+pub use locks::{parse_lock_line, LockKind, LockLine};
 pub use maps::{parse_maps, parse_smaps, VmFlags, Vma, VmaPath};
-pub use misc::{parse_personality, parse_timers, PosixTimer, TimerNotify};
+pub use misc::{parse_personality, parse_timer_slack, parse_timers, PosixTimer, TimerNotify};
 pub use mountinfo::{parse_mountinfo, unescape_octal, MountInfo, OptionalField};
 pub use pagemap::{parse_pagemap, PagemapEntry, PAGEMAP_ENTRY_SIZE};
 pub use stat::{parse_stat, Stat};
@@ -67,6 +69,10 @@ pub enum ProcFile {
     Personality,
     /// `/proc/PID/timers`.
     Timers,
+    /// `/proc/TID/timerslack_ns`.
+    TimerSlack,
+    /// `/proc/locks` (and the `lock:` lines of fdinfo).
+    Locks,
 }
 
 impl ProcFile {
@@ -84,6 +90,8 @@ impl ProcFile {
             ProcFile::Pagemap => "/proc/PID/pagemap",
             ProcFile::Personality => "/proc/PID/personality",
             ProcFile::Timers => "/proc/PID/timers",
+            ProcFile::TimerSlack => "/proc/TID/timerslack_ns",
+            ProcFile::Locks => "/proc/locks",
         }
     }
 }
@@ -324,6 +332,12 @@ pub fn read_mountinfo(pid: i32) -> Result<Vec<MountInfo>, ReadError> {
 /// Reads and parses `/proc/PID/personality`.
 pub fn read_personality(pid: i32) -> Result<u32, ReadError> {
     read_parse(proc_path(pid, "personality"), parse_personality)
+}
+
+/// Reads `/proc/TID/timerslack_ns`: the timer slack of thread `tid`, in
+/// nanoseconds.
+pub fn read_timer_slack(tid: i32) -> Result<u64, ReadError> {
+    read_parse(proc_path(tid, "timerslack_ns"), parse_timer_slack)
 }
 
 /// Reads and parses `/proc/PID/timers` (the task's POSIX timers).
