@@ -72,7 +72,7 @@ impl Remote {
     /// blocked until [`Remote::finish`] (or drop) puts its own state back.
     pub fn for_dump(pid: i32, tid: i32, th: &ThreadState) -> Result<Self> {
         let maps = procfs::read_maps(pid)?;
-        let gadgets = dump_gadgets(pid, &maps)?;
+        let gadgets = dump_gadgets(pid, &maps);
         if gadgets.is_none() {
             tracing::warn!(
                 "pid {pid}: no `syscall; ret` and signal restorer in its code: \
@@ -345,7 +345,7 @@ impl Drop for Remote {
 /// The gadgets of guarded remote syscalls in process `pid` whose mappings
 /// are `maps`: looked for in its readable code, the vdso and C libraries
 /// first.
-fn dump_gadgets(pid: i32, maps: &[Vma]) -> Result<Option<Gadgets>> {
+fn dump_gadgets(pid: i32, maps: &[Vma]) -> Option<Gadgets> {
     let rank = |v: &Vma| match &v.path {
         VmaPath::Vdso => 0,
         VmaPath::File { path, .. } if path.contains("/libc") || path.contains("/ld-musl") => 1,
@@ -354,7 +354,7 @@ fn dump_gadgets(pid: i32, maps: &[Vma]) -> Result<Option<Gadgets>> {
     let mut code: Vec<&Vma> = maps.iter().filter(|v| v.read && v.exec).collect();
     code.sort_by_key(|v| rank(v));
     let ranges: Vec<(u64, u64)> = code.iter().map(|v| (v.start, v.end)).collect();
-    find_gadgets(pid, &ranges).ctx(|| format!("reading the code of pid {pid}"))
+    find_gadgets(pid, &ranges)
 }
 
 /// Address of a `syscall` instruction in the [vdso] of `pid`.

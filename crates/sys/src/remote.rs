@@ -128,6 +128,7 @@ impl RemoteSyscaller {
     }
 }
 
+/// Resume `tid` to its next syscall entry or exit stop.
 fn syscall_step(tid: pid_t) -> io::Result<()> {
     ptrace::resume_to_syscall(tid)
 }
@@ -154,8 +155,9 @@ pub struct Gadgets {
 
 /// Look for [`Gadgets`] in the code ranges `[start, end)` of process `pid`,
 /// read in one batch (at most [`GADGET_SCAN_MAX`] bytes, ranges past that
-/// are skipped); `None` when either sequence is missing.
-pub fn find_gadgets(pid: pid_t, ranges: &[(u64, u64)]) -> io::Result<Option<Gadgets>> {
+/// are skipped; ranges that cannot be read are skipped too); `None` when
+/// either sequence is missing.
+pub fn find_gadgets(pid: pid_t, ranges: &[(u64, u64)]) -> Option<Gadgets> {
     let mut remote = Vec::new();
     let mut total = 0usize;
     for &(start, end) in ranges {
@@ -167,7 +169,16 @@ pub fn find_gadgets(pid: pid_t, ranges: &[(u64, u64)]) -> io::Result<Option<Gadg
         remote.push(RemoteRange { addr: start, len });
     }
     let mut code = vec![0u8; total];
-    vm::read_ranges(pid, &remote, &mut code)?;
+    if vm::read_ranges(pid, &remote, &mut code).is_err() {
+        // A mapping that cannot be read whole (a file truncated under it):
+        // range by range, leaving what fails zero (no gadget matches zeros).
+        code.fill(0);
+        let mut off = 0usize;
+        for r in &remote {
+            let _ = vm::read_ranges(pid, std::slice::from_ref(r), &mut code[off..off + r.len]);
+            off += r.len;
+        }
+    }
     let find = |pat: &[u8]| -> Option<u64> {
         let mut off = 0usize;
         for r in &remote {
@@ -181,12 +192,12 @@ pub fn find_gadgets(pid: pid_t, ranges: &[(u64, u64)]) -> io::Result<Option<Gadg
     };
     let syscall_ret = find(SYSCALL_RET);
     let restorer = find(RESTORER_LONG).or_else(|| find(RESTORER_SHORT));
-    Ok(syscall_ret
+    syscall_ret
         .zip(restorer)
         .map(|(syscall_ret, restorer)| Gadgets {
             syscall_ret,
             restorer,
-        }))
+        })
 }
 
 /// `FP_XSTATE_MAGIC1`, in the software-reserved bytes of an XSAVE area.
