@@ -105,9 +105,11 @@ impl Soak {
     }
 
     /// Put back the record files [`Soak::save_files`] kept (same inodes,
-    /// contents and modification times as at the dump).
+    /// contents and modification times as at the dump), and forget what a
+    /// tree killed before found.
     fn reset_files(&self) {
         for i in 0..3 {
+            let _ = fs::remove_file(self.dir.join(format!("fail-{i}")));
             let f = self.dir.join(format!("rec-{i}"));
             let saved = f.with_extension("dumped");
             fs::copy(&saved, &f).expect("reset record file");
@@ -657,9 +659,8 @@ fn restore_killed_at_random_moments() {
             continue;
         }
         // The one window left: crust killed while it detaches the tree's
-        // threads one after the other (root first), which leaves the
-        // processes already detached running, whole, untraced.
-        let detached_first = survivors[..] == soak.pids[..survivors.len()];
+        // threads one process after the other, which leaves the processes
+        // already detached running, whole, untraced.
         for &p in &survivors {
             let status = fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
             let untraced_running = status.lines().any(|l| l == "TracerPid:\t0")
@@ -667,8 +668,8 @@ fn restore_killed_at_random_moments() {
                     .lines()
                     .any(|l| l.starts_with("State:\tt") || l.starts_with("State:\tT"));
             assert!(
-                detached_first && untraced_running,
-                "restore {i} killed after {delay} µs left pid {p} behind: {status}"
+                untraced_running,
+                "restore {i} killed after {delay} µs left pid {p} behind (of {survivors:?}): {status}"
             );
         }
         eprintln!(
