@@ -9,7 +9,6 @@ use std::time::Instant;
 use crust_image::{names, pb, ImageKind};
 use crust_sys::mmap::PageFile;
 use crust_sys::procfs;
-use crust_sys::ptrace;
 
 use crate::error::{Context, Result};
 use crate::files::{DumpCtx, FdOptions, FileTable};
@@ -131,23 +130,23 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 .collect::<Result<Vec<_>>>()?;
 
             // What only the task can tell: asked in each thread, with a scratch
-            // area mapped by the main thread; every register and mask is put
-            // back before anything else happens.
+            // area mapped by the main thread. Each thread is parked on a signal
+            // frame of its own state until its registers and mask are put back
+            // (see remote.rs), so a crust killed meanwhile leaves it whole.
             creds::suspend_seccomp_for_dump(pid, tids)?;
-            let mut r = Remote::new(pid, threads[0].regs)?;
-            for &tid in tids {
-                ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
-            }
+            let mut r = Remote::for_dump(pid, pid, &threads[0])?;
             let asked = (|| -> Result<_> {
                 r.map_scratch(None)?;
                 let mut facts = vec![task::ask(&r)?];
                 let mut more = vec![creds::ask(&r)?];
                 for (&tid, th) in tids.iter().zip(&threads).skip(1) {
-                    let mut sib = r.sibling(tid, th.regs);
+                    let mut sib = r.dump_sibling(tid, th)?;
                     let f = task::ask_thread(&sib, facts[0].brk, facts[0].dumpable)
                         .and_then(|f| Ok((f, creds::ask_thread(tid, &more[0])?)));
                     sib.forget_scratch();
+                    let end = sib.finish();
                     let (f, m) = f?;
+                    end?;
                     facts.push(f);
                     more.push(m);
                 }
@@ -157,14 +156,10 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 Ok((facts, more, sigactions, timers))
             })();
             let cleanup = r.unmap_scratch();
-            for (&tid, th) in tids.iter().zip(&threads) {
-                ptrace::set_sigmask(tid, th.sigmask)
-                    .ctx(|| format!("restoring the signal mask of {tid}"))?;
-                ptrace::set_regs(tid, &th.regs)
-                    .ctx(|| format!("restoring the registers of {tid}"))?;
-            }
+            let end = r.finish();
             let (facts, more, sigactions, timers) = asked?;
             cleanup?;
+            end?;
 
             let fs_entry = fs::dump(pid, &status, &mut files)?;
             let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;

@@ -231,6 +231,11 @@ fn exited(tid: i32) -> bool {
     }
 }
 
+/// The tracer of thread `tid` (0: none, or unknown).
+fn tracer_of(tid: i32) -> i32 {
+    procfs::read_status(tid).map_or(0, |s| s.tracer_pid)
+}
+
 /// PTRACE_SEIZE and PTRACE_INTERRUPT one thread, and wait until it stops.
 /// Signals that arrive meanwhile are delivered, not lost.
 fn seize_one(tid: i32) -> Result<()> {
@@ -239,6 +244,16 @@ fn seize_one(tid: i32) -> Result<()> {
         // A task that exited just now is refused with EPERM too: gone, not
         // a permission problem.
         Some(libc::EPERM) if exited(tid) => Error::NoSuchProcess(tid),
+        Some(libc::EPERM) if tracer_of(tid) != 0 => {
+            let tracer = tracer_of(tid);
+            Error::AlreadyTraced {
+                pid: tid,
+                tracer,
+                comm: std::fs::read_to_string(format!("/proc/{tracer}/comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_else(|_| "gone".into()),
+            }
+        }
         Some(libc::EPERM) => Error::Privilege(format!(
             "permission to ptrace {tid} (CAP_SYS_PTRACE; is it traced already, by another dump?)"
         )),
@@ -462,6 +477,19 @@ impl RestoredTree {
 impl Drop for RestoredTree {
     fn drop(&mut self) {
         if self.live {
+            // Threads crust created are traced by it: once killed, they stay
+            // zombies until crust reaps them, and their leader's death is
+            // not reported before. Listed before the kill, reaped after it.
+            let threads: Vec<i32> = self
+                .ready
+                .iter()
+                .flat_map(|r| {
+                    procfs::list_tids(r.outer)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(move |&t| t != r.outer)
+                })
+                .collect();
             for &p in &self.pids {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(p),
@@ -472,6 +500,9 @@ impl Drop for RestoredTree {
                 nix::unistd::Pid::from_raw(self.child),
                 nix::sys::signal::SIGKILL,
             );
+            for t in threads {
+                let _ = ptrace::wait(t);
+            }
             let _ = nix::sys::wait::waitpid(
                 nix::unistd::Pid::from_raw(self.child),
                 Some(nix::sys::wait::WaitPidFlag::__WALL),
