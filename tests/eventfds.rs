@@ -141,11 +141,6 @@ fn userfaultfd_refused() {
 }
 
 #[test]
-fn pidfd_refused() {
-    anon_refused("pidfd", &["pidfd"]);
-}
-
-#[test]
 fn epoll_entry_naming_a_missing_fd_is_a_bad_image() {
     let mut w = Workload::start("eventfds", &[]);
     let img = w.images_dir("img");

@@ -270,6 +270,16 @@ fn assert_restored_like(tree: &[Entry], before: &BTreeMap<i32, Stat>, root: i32)
 /// detached, check the tree is back as it was, SIGTERM the root and assert
 /// PASS. Returns the dumped tree.
 fn tree_dump_restore_check(w: &mut Workload, expect_processes: usize) -> Vec<Entry> {
+    tree_dump_restore_check_with(w, expect_processes, || {})
+}
+
+/// [`tree_dump_restore_check`], calling `restored` while the restored tree
+/// runs, before it is told to finish.
+fn tree_dump_restore_check_with(
+    w: &mut Workload,
+    expect_processes: usize,
+    restored: impl FnOnce(),
+) -> Vec<Entry> {
     let before = live_tree(w.pid);
     assert_eq!(
         before.len(),
@@ -293,9 +303,51 @@ fn tree_dump_restore_check(w: &mut Workload, expect_processes: usize) -> Vec<Ent
     eprintln!("restore took {:?}", t0.elapsed());
     w.mark_restored();
     assert_restored_like(&tree, &before, w.pid);
+    restored();
     w.terminate_and_check();
     assert_tree_gone(&tree, "after the restored tree finished");
     tree
+}
+
+/// The 16 MiB private anonymous VMA of wl-cow in `pid`.
+fn cow_buffer(pid: i32) -> (u64, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    maps.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let inode = f.nth(2)?;
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            (b - a == 16 << 20 && perms == "rw-p" && inode == "0").then_some((a, b))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no 16 MiB buffer in the maps of {pid}:\n{maps}"))
+}
+
+/// Pages of [start, end) present in both `a` and `b` at the same physical
+/// page (shared copy-on-write), from /proc/PID/pagemap.
+fn pages_shared(a: i32, b: i32, (start, end): (u64, u64)) -> usize {
+    use std::os::unix::fs::FileExt;
+    let read = |pid: i32| -> Vec<u64> {
+        let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).expect("pagemap");
+        let n = ((end - start) / 4096) as usize;
+        let mut raw = vec![0u8; n * 8];
+        f.read_exact_at(&mut raw, start / 4096 * 8)
+            .expect("read pagemap");
+        raw.chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (pa, pb) = (read(a), read(b));
+    let pfn = |e: u64| (e >> 63 == 1).then_some(e & ((1 << 55) - 1));
+    pa.iter()
+        .zip(&pb)
+        .filter(|(x, y)| pfn(**x).is_some() && pfn(**x) == pfn(**y))
+        .count()
 }
 
 // ----------------------------------------------------------------- tests
@@ -371,8 +423,19 @@ fn threads_200() {
 fn cow() {
     let _k = KillDescendants;
     let mut w = Workload::start("cow", &[]);
-    tree_dump_restore_check(&mut w, 2);
-    // For information: is the memory still COW-shared after restore?
+    let pids: Vec<i32> = live_tree(w.pid).into_keys().collect();
+    let (parent, child) = (w.pid, *pids.iter().find(|&&p| p != w.pid).unwrap());
+    let buf = cow_buffer(parent);
+    let before = pages_shared(parent, child, buf);
+    // 16 MiB, less the child's own 64 KiB.
+    assert!(before >= 4000, "only {before} pages shared before the dump");
+    tree_dump_restore_check_with(&mut w, 2, || {
+        let after = pages_shared(parent, child, cow_buffer(child));
+        assert_eq!(
+            after, before,
+            "pages shared copy-on-write by parent and child: {before} before the dump, {after} after the restore"
+        );
+    });
     eprintln!("--- wl-cow log ---\n{}", w.log_text());
 }
 

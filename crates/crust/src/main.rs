@@ -51,6 +51,10 @@ enum Command {
         /// (suffixes K, M, G; default 1M, as CRIU).
         #[arg(long = "ghost-limit", value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
         ghost_limit: u64,
+        /// Dump the file locks and leases the process holds (without it, a
+        /// process holding one is refused).
+        #[arg(short = 'l', long = "file-locks")]
+        file_locks: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -72,6 +76,10 @@ enum Command {
         /// (for when they are taken here), under a small init crust provides.
         #[arg(long = "new-pid-ns")]
         new_pid_ns: bool,
+        /// Accepted as CRIU's restore takes it: the locks a dump with
+        /// --file-locks saved are always taken again.
+        #[arg(short = 'l', long = "file-locks")]
+        file_locks: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -146,6 +154,7 @@ fn run(cli: Cli) -> Result<i32> {
             leave_stopped,
             shell_job,
             ghost_limit,
+            file_locks,
             log,
         } => {
             init_log(&log, Some(&images_dir))?;
@@ -156,6 +165,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_stopped,
                 shell_job,
                 ghost_limit,
+                file_locks,
             })?;
             tracing::info!(
                 "dumped {pid}: frozen {} us, {} pages written",
@@ -170,6 +180,7 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             shell_job,
             new_pid_ns,
+            file_locks: _,
             log,
         } => {
             init_log(&log, Some(&images_dir))?;

@@ -9,7 +9,6 @@ use std::time::Instant;
 use crust_image::{names, pb, ImageKind};
 use crust_sys::mmap::PageFile;
 use crust_sys::procfs;
-use crust_sys::ptrace;
 
 use crate::error::{Context, Result};
 use crate::files::{DumpCtx, FdOptions, FileTable};
@@ -106,6 +105,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
         ghost_limit: opts.ghost_limit,
+        file_locks: opts.file_locks,
     };
     let mut files = FileTable::new();
     let mut ctx = DumpCtx::new(fd_opts, dir);
@@ -131,23 +131,23 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 .collect::<Result<Vec<_>>>()?;
 
             // What only the task can tell: asked in each thread, with a scratch
-            // area mapped by the main thread; every register and mask is put
-            // back before anything else happens.
+            // area mapped by the main thread. Each thread is parked on a signal
+            // frame of its own state until its registers and mask are put back
+            // (see remote.rs), so a crust killed meanwhile leaves it whole.
             creds::suspend_seccomp_for_dump(pid, tids)?;
-            let mut r = Remote::new(pid, threads[0].regs)?;
-            for &tid in tids {
-                ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
-            }
+            let mut r = Remote::for_dump(pid, pid, &threads[0])?;
             let asked = (|| -> Result<_> {
                 r.map_scratch(None)?;
                 let mut facts = vec![task::ask(&r)?];
                 let mut more = vec![creds::ask(&r)?];
                 for (&tid, th) in tids.iter().zip(&threads).skip(1) {
-                    let mut sib = r.sibling(tid, th.regs);
+                    let mut sib = r.dump_sibling(tid, th)?;
                     let f = task::ask_thread(&sib, facts[0].brk, facts[0].dumpable)
                         .and_then(|f| Ok((f, creds::ask_thread(tid, &more[0])?)));
                     sib.forget_scratch();
+                    let end = sib.finish();
                     let (f, m) = f?;
+                    end?;
                     facts.push(f);
                     more.push(m);
                 }
@@ -157,14 +157,10 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                 Ok((facts, more, sigactions, timers))
             })();
             let cleanup = r.unmap_scratch();
-            for (&tid, th) in tids.iter().zip(&threads) {
-                ptrace::set_sigmask(tid, th.sigmask)
-                    .ctx(|| format!("restoring the signal mask of {tid}"))?;
-                ptrace::set_regs(tid, &th.regs)
-                    .ctx(|| format!("restoring the registers of {tid}"))?;
-            }
+            let end = r.finish();
             let (facts, more, sigactions, timers) = asked?;
             cleanup?;
+            end?;
 
             let fs_entry = fs::dump(pid, &status, &mut files)?;
             let fdinfos = crate::files::dump_fds(pid, &mut files, &mut ctx)?;
@@ -276,6 +272,9 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
     })?;
     let memdump_us = memdump_us.into_inner();
     // Shared anonymous memory, once per object, while the tree is frozen.
+    for &(ino, pid, fd) in ctx.memfds.sources() {
+        shmem.add_fd(ino, pid, fd);
+    }
     pages_written += shmem.dump_all(dir, next_pages_id)?;
     for z in &frozen.zombies {
         pstree.push(crate::tree::pstree_entry(z, false, &[z.pid]));

@@ -48,6 +48,17 @@ pub enum Error {
         what: String,
     },
     /// crust lacks a privilege it needs.
+    /// A thread of the tree is traced by someone else already.
+    #[error("pid {pid} is already traced by pid {tracer} ({comm}): another dump or a debugger holds it; crust left the tree as it was")]
+    AlreadyTraced {
+        /// The thread crust could not seize.
+        pid: i32,
+        /// Its tracer.
+        tracer: i32,
+        /// The tracer's command name.
+        comm: String,
+    },
+
     #[error("crust needs {0}")]
     Privilege(String),
     /// A restored task's credentials (capabilities, ids), affinity or

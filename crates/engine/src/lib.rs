@@ -5,6 +5,7 @@
 //! from the images with its pid, memory, files and registers. One module per
 //! kind of state holds both directions.
 
+pub mod aio;
 pub mod creds;
 mod dump;
 pub mod error;
@@ -55,6 +56,9 @@ pub struct DumpOptions {
     /// The largest deleted-but-open file dumped (as a ghost file), bytes;
     /// [`DEFAULT_GHOST_LIMIT`] is CRIU's default.
     pub ghost_limit: u64,
+    /// Dump the file locks and leases the tasks hold (CRIU's
+    /// `--file-locks`); without it a task holding one is refused.
+    pub file_locks: bool,
 }
 
 /// Figures of a finished dump.
@@ -216,7 +220,11 @@ pub fn check() -> Result<Vec<String>> {
         new_pid_ns: false,
         lineage: Default::default(),
     };
-    let child = tree::fork_tree(&plan, &|_, _| Ok(()))
+    let setup = tree::Setup {
+        before_children: &|_| Ok(()),
+        last: &|_, _| Ok(()),
+    };
+    let child = tree::fork_tree(&plan, &setup)
         .map_err(|e| Error::Kernel(format!("clone3 with set_tid ({e})")))?;
     tree::seize_restored(pid)?;
     ok.push(format!("clone3 with set_tid (made pid {pid}), ptrace"));

@@ -240,6 +240,11 @@ fn classify(
             e.crust_memfd = Some(path.trim_start_matches("/memfd:").to_string());
             PageRule::None
         }
+        VmaPath::File { path, deleted } if crate::aio::is_ring(path, *deleted, v.shared) => {
+            e.status |= crate::aio::VMA_AREA_AIORING;
+            e.flags |= libc::MAP_ANONYMOUS as u32;
+            PageRule::None
+        }
         VmaPath::File { path, deleted } => {
             if path.starts_with("/memfd:") {
                 return Err(unsupported("private memfd memory"));
@@ -312,8 +317,12 @@ pub fn collect(
     let mut entries = Vec::with_capacity(vmas.len());
     let mut runs: Vec<PageRun> = Vec::new();
     let mut unreadable = Vec::new();
+    let mut aios = Vec::new();
     for v in &vmas {
         let (e, rule) = classify(pid, v, files, ctx)?;
+        if e.status & crate::aio::VMA_AREA_AIORING != 0 {
+            aios.push(crate::aio::dump(pid, v.start, v.end)?);
+        }
         entries.push(e);
         if rule == PageRule::None {
             continue;
@@ -366,6 +375,7 @@ pub fn collect(
         exe_file_id,
         mm_saved_auxv: auxv,
         vmas: entries,
+        aios,
         ..Default::default()
     };
     Ok(MmDump {
@@ -520,8 +530,183 @@ fn windows(ranges: &[RemoteRange]) -> Vec<(u64, &[RemoteRange])> {
 /// Where a restored task's files come from: reg file entries by id.
 pub type FileIndex = HashMap<u32, pb::RegFileEntry>;
 
+/// The vdso area, vsyscall and AIO rings (made by the kernel, not mapped).
 fn is_special(v: &pb::VmaEntry) -> bool {
-    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0
+    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | crate::aio::VMA_AREA_AIORING)
+        != 0
+}
+
+/// Whether VMA `v` may be premapped by its process before it forks, for
+/// its children to inherit: plain private anonymous memory with pages.
+fn inheritable(v: &pb::VmaEntry) -> bool {
+    let no_fork = (1u64 << libc::MADV_DONTFORK) | (1u64 << libc::MADV_WIPEONFORK);
+    v.status & VMA_ANON_PRIVATE != 0
+        && !is_special(v)
+        && v.flags & libc::MAP_GROWSDOWN as u32 == 0
+        && v.madv.unwrap_or(0) & no_fork == 0
+}
+
+/// The private anonymous VMAs ([start, end)) each process premaps before
+/// forking, so that its children inherit them copy-on-write as before the
+/// dump: those with pages that the process's fork parent or one of its
+/// children has at the same place, with mostly the same contents (a sample
+/// of pages is compared: a VMA at the same place with other contents, such
+/// as memory each process mapped for itself after the fork, is restored
+/// the usual way).
+pub fn cow_plan<'a>(procs: impl IntoIterator<Item = CowProc<'a>>) -> HashMap<u32, Vec<(u64, u64)>> {
+    let ranges = |mm: &pb::MmEntry, pagemap: &[pb::PagemapEntry]| -> Vec<(u64, u64)> {
+        let has = vmas_with_pages(mm, pagemap);
+        mm.vmas
+            .iter()
+            .zip(has)
+            .filter(|(v, h)| *h && inheritable(v))
+            .map(|(v, _)| (v.start, v.end))
+            .collect()
+    };
+    let of: HashMap<u32, (CowProc, Vec<(u64, u64)>)> = procs
+        .into_iter()
+        .map(|p| (p.pid, (p, ranges(p.mm, p.pagemap))))
+        .collect();
+    // Ranges a child shares with its fork parent, mostly alike.
+    let mut shared: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    for (&pid, (me, mine)) in &of {
+        let Some((parent, theirs)) = of.get(&me.parent) else {
+            continue;
+        };
+        for &r in mine.iter().filter(|r| theirs.contains(r)) {
+            if mostly_alike(r, me, parent) {
+                shared.entry(pid).or_default().push(r);
+                shared.entry(me.parent).or_default().push(r);
+            }
+        }
+    }
+    for v in shared.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+        v.truncate(crate::tree::MAX_PREMAPPED);
+    }
+    shared
+}
+
+/// A process of a restore, as [`cow_plan`] sees it.
+#[derive(Clone, Copy)]
+pub struct CowProc<'a> {
+    /// Its pid.
+    pub pid: u32,
+    /// The pid that forks it (0: none of the tree).
+    pub parent: u32,
+    /// Its memory.
+    pub mm: &'a pb::MmEntry,
+    /// Its pagemap.
+    pub pagemap: &'a [pb::PagemapEntry],
+    /// Its page image.
+    pub pages: &'a PageFile,
+}
+
+/// Pages compared per range by [`mostly_alike`].
+const COW_SAMPLE: u64 = 16;
+
+/// Whether range `r` holds mostly the same pages in two processes (each
+/// given by its pagemap and page image): up to [`COW_SAMPLE`] pages spread
+/// over it are compared; more than half must be alike (a page neither has
+/// counts as alike).
+fn mostly_alike((start, end): (u64, u64), a: &CowProc, b: &CowProc) -> bool {
+    let pages = (end - start) / PAGE;
+    let step = pages.div_ceil(COW_SAMPLE).max(1);
+    let read = |p: &CowProc, addr: u64| -> Option<Vec<u8>> {
+        let off = file_offset(p.pagemap, addr)?;
+        let mut buf = vec![0u8; PAGE as usize];
+        p.pages.read_at(off, &mut buf).ok()?;
+        Some(buf)
+    };
+    let samples = pages.div_ceil(step);
+    let (mut alike, mut differ) = (0, 0);
+    for i in 0..samples {
+        let addr = start + i * step * PAGE;
+        if read(a, addr) == read(b, addr) {
+            alike += 1;
+        } else {
+            differ += 1;
+        }
+        // Decided either way.
+        if alike * 2 > samples || differ * 2 >= samples {
+            break;
+        }
+    }
+    alike * 2 > samples
+}
+
+/// Offset in the page image of the page at `addr`, if the pagemap has it.
+fn file_offset(pagemap: &[pb::PagemapEntry], addr: u64) -> Option<u64> {
+    let mut off = 0u64;
+    for p in pagemap {
+        let len = p.nr_pages as u64 * PAGE;
+        if (p.vaddr..p.vaddr + len).contains(&addr) {
+            return Some(off + (addr - p.vaddr));
+        }
+        off += len;
+    }
+    None
+}
+
+/// In the forked copy of crust that becomes a process: premap `ranges`
+/// (from [`cow_plan`]) with the process's pages, writing only those that
+/// differ from what it inherited, and dropping inherited pages it does not
+/// have; premapped ranges inherited but not its own are unmapped. A range
+/// crust's own code occupies here is left to the normal restore.
+pub fn premap_own(
+    ranges: &[(u64, u64)],
+    pagemap: &[pb::PagemapEntry],
+    pages: &PageFile,
+    pages_name: &str,
+) -> Result<()> {
+    use crust_sys::premap;
+    let io = |what: String| {
+        move |e: std::io::Error| Error::Sys {
+            what: what.clone(),
+            err: e,
+        }
+    };
+    premap::release_except(ranges).map_err(io("unmapping premapped memory".into()))?;
+    let inherited = premap::premapped();
+    let mut off = 0u64;
+    let mut runs = Vec::new(); // (vaddr, len, file offset)
+    for p in pagemap {
+        let len = p.nr_pages as u64 * PAGE;
+        runs.push((p.vaddr, len, off));
+        off += len;
+    }
+    for &(start, end) in ranges {
+        let had = inherited.contains(&(start, end));
+        if !premap::premap(start, end).map_err(io(format!("premapping {start:#x}-{end:#x}")))? {
+            continue;
+        }
+        let mut at = start;
+        for &(vaddr, len, foff) in runs.iter().filter(|r| r.0 < end && r.0 + r.1 > start) {
+            let (s, e) = (vaddr.max(start), (vaddr + len).min(end));
+            if had && s > at {
+                premap::drop_pages(at, (s - at) as usize)
+                    .map_err(io(format!("dropping pages at {at:#x}")))?;
+            }
+            let mut done = s;
+            while done < e {
+                let n = (e - done).min(WINDOW);
+                pages
+                    .read_window(foff + (done - vaddr), n as usize, |buf| {
+                        premap::fill(done, buf)
+                    })
+                    .ctx(|| format!("mapping {pages_name}"))?
+                    .map_err(io(format!("filling premapped memory at {done:#x}")))?;
+                done += n;
+            }
+            at = e;
+        }
+        if had && end > at {
+            premap::drop_pages(at, (end - at) as usize)
+                .map_err(io(format!("dropping pages at {at:#x}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Lowest address a task can map (the usual vm.mmap_min_addr).
@@ -530,8 +715,14 @@ const MMAP_FLOOR: u64 = 0x10000;
 const TASK_TOP: u64 = 0x7fff_ffff_f000;
 
 /// Unmap every mapping the restored child inherited from crust except the
-/// vdso area, then move the vdso area to its dumped place.
-pub fn clear_and_move_vdso(r: &mut Remote, mm: &pb::MmEntry, file: &str) -> Result<()> {
+/// vdso area and the `keep` ranges (its premapped memory), then move the
+/// vdso area to its dumped place.
+pub fn clear_and_move_vdso(
+    r: &mut Remote,
+    mm: &pb::MmEntry,
+    file: &str,
+    keep: &[(u64, u64)],
+) -> Result<()> {
     let pid = r.pid();
     let current = procfs::read_maps(pid)?;
     let now: Vec<&Vma> = current
@@ -544,9 +735,19 @@ pub fn clear_and_move_vdso(r: &mut Remote, mm: &pb::MmEntry, file: &str) -> Resu
             "a contiguous [vvar]..[vdso] area in pid {pid}"
         )));
     }
-    // Everything below and above the vdso area goes, in two calls.
+    // Everything below and above the vdso area goes, in two calls (more
+    // around premapped ranges).
     let (lo, hi) = (now[0].start, now.last().unwrap().end);
+    let mut gaps = Vec::new();
     for (start, end) in [(MMAP_FLOOR, lo), (hi, TASK_TOP)] {
+        let mut at = start;
+        for &(ks, ke) in keep.iter().filter(|k| k.0 < end && k.1 > start) {
+            gaps.push((at, ks.max(start)));
+            at = ke.min(end);
+        }
+        gaps.push((at, end));
+    }
+    for (start, end) in gaps {
         if end > start {
             r.call(
                 "munmap of the inherited mappings",
@@ -644,6 +845,95 @@ pub fn scratch_gap(mm: &pb::MmEntry) -> u64 {
     cand
 }
 
+/// The files restored processes map (and their exe files), opened once by
+/// crust before the tree is forked: each process inherits them and keeps
+/// its own right after its report and hold fds, so that mapping them takes
+/// no remote open (nor close: one close_range at the end).
+pub struct MappedFiles {
+    fds: HashMap<(u32, u32), std::os::fd::OwnedFd>,
+    lists: HashMap<u32, Vec<(u32, u32)>>,
+}
+
+/// A restored process's mapped files: (file id, access mode) to its fd.
+pub type MapFds = HashMap<(u32, u32), u64>;
+
+impl MappedFiles {
+    /// Open the files `procs` (pid, memory) map. One that cannot be opened
+    /// here is left to the task (which reports the error then).
+    pub fn open<'a>(
+        procs: impl IntoIterator<Item = (u32, &'a pb::MmEntry)>,
+        files: &FileIndex,
+    ) -> Self {
+        let mut fds = HashMap::new();
+        let mut lists = HashMap::new();
+        for (pid, mm) in procs {
+            let mut want: Vec<(u32, u32)> = mm
+                .vmas
+                .iter()
+                .filter(|v| v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0)
+                .filter_map(|v| {
+                    let id = v.shmid as u32;
+                    Some((id, files.get(&id)?.flags & libc::O_ACCMODE as u32))
+                })
+                .chain(std::iter::once((mm.exe_file_id, libc::O_RDONLY as u32)))
+                .collect();
+            want.sort_unstable();
+            want.dedup();
+            want.retain(|key @ &(id, mode)| {
+                if fds.contains_key(key) {
+                    return true;
+                }
+                let Some(rf) = files.get(&id) else {
+                    return false;
+                };
+                let f = std::fs::OpenOptions::new()
+                    .read(mode != libc::O_WRONLY as u32)
+                    .write(mode != libc::O_RDONLY as u32)
+                    .open(&rf.name);
+                match f {
+                    Ok(f) => {
+                        fds.insert(*key, f.into());
+                        true
+                    }
+                    Err(_) => false,
+                }
+            });
+            lists.insert(pid, want);
+        }
+        MappedFiles { fds, lists }
+    }
+
+    /// In the forked copy of crust that becomes `pid`: duplicates of the
+    /// files it maps, in the order [`map_fds`] numbers them.
+    pub fn dup_for(&self, pid: u32) -> Result<Vec<std::os::fd::OwnedFd>> {
+        self.lists
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .map(|k| {
+                self.fds[k]
+                    .try_clone()
+                    .ctx(|| format!("dup of mapped file id {}", k.0))
+            })
+            .collect()
+    }
+
+    /// Once the tree exists: which files each process got (crust's copies
+    /// are closed).
+    pub fn numbers(self) -> HashMap<u32, Vec<(u32, u32)>> {
+        self.lists
+    }
+}
+
+/// Where a process that reported `hold_fd` has the files of `list` (they
+/// follow its hold fd).
+pub fn map_fds(list: &[(u32, u32)], hold_fd: i32) -> MapFds {
+    list.iter()
+        .enumerate()
+        .map(|(i, &k)| (k, (hold_fd + 1 + i as i32) as u64))
+        .collect()
+}
+
 /// A restored process whose VMAs are mapped and whose pages are still to
 /// be written: [`Fill::run`] writes them from any thread (it needs no
 /// ptrace, so the tracer goes on with the next process meanwhile), then
@@ -655,6 +945,8 @@ pub struct Fill<'a> {
     pages_name: &'a str,
     /// The task's userfaultfd and the ranges registered with it.
     uffd: Option<(Uffd, Vec<(u64, u64)>)>,
+    /// Ranges the task premapped and filled itself: not written again.
+    premapped: Vec<(u64, u64)>,
 }
 
 /// Below this many bytes of anonymous pages, writing them costs less than
@@ -674,9 +966,12 @@ pub fn map_vmas<'a>(
     pages: &'a PageFile,
     pages_name: &'a str,
     shmem: &mut crate::shmem::Restorer,
+    premapped: &[(u64, u64)],
+    prefds: &MapFds,
 ) -> Result<(Vec<bool>, Fill<'a>)> {
     let pid = r.pid();
     let has_pages = vmas_with_pages(mm, pagemap);
+    let is_premapped = |v: &pb::VmaEntry| premapped.contains(&(v.start, v.end));
     let (runs, extents) = collapse_plan(mm, pagemap);
     // Anonymous private VMAs with pages, outside collapsed runs (whose huge
     // pages are made before the fill), go through a userfaultfd. Every VMA
@@ -684,6 +979,7 @@ pub fn map_vmas<'a>(
     // the kernel remembers: VM_ACCOUNT, and adjacent VMAs that stay apart).
     let anon = |i: usize, v: &pb::VmaEntry| {
         has_pages[i]
+            && !is_premapped(v)
             && v.status & VMA_ANON_PRIVATE != 0
             && !is_special(v)
             && !runs.iter().any(|&(s, e)| s < v.end && e > v.start)
@@ -715,7 +1011,8 @@ pub fn map_vmas<'a>(
     }
     let mut fds: HashMap<(u32, u32), u64> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
-        if is_special(v) {
+        // Premapped memory is in place, filled and writable already.
+        if is_special(v) || is_premapped(v) {
             continue;
         }
         let mut prot = v.prot as u64;
@@ -770,7 +1067,7 @@ pub fn map_vmas<'a>(
                 ),
             })?;
             let oflags = rf.flags & libc::O_ACCMODE as u32;
-            fd = match fds.get(&(id, oflags)) {
+            fd = match fds.get(&(id, oflags)).or(prefds.get(&(id, oflags))) {
                 Some(&fd) => fd,
                 None => {
                     let p = r.put_path(0, &rf.name)?;
@@ -807,6 +1104,7 @@ pub fn map_vmas<'a>(
     for fd in fds.into_values() {
         r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
+    crate::aio::restore(r, &mm.aios)?;
     collapse(r, &runs, &extents, pages, pages_name)?;
     let uffd = uffd.map(|u| {
         // A VMA the userfaultfd refuses is written the plain way.
@@ -825,6 +1123,7 @@ pub fn map_vmas<'a>(
         pages,
         pages_name,
         uffd,
+        premapped: premapped.to_vec(),
     };
     Ok((filled, fill))
 }
@@ -878,29 +1177,38 @@ impl Fill<'_> {
     /// Write `buf` into `chunk`: runs of ranges inside registered VMAs
     /// through the userfaultfd, the others with process_vm_writev.
     fn write_chunk(&self, chunk: &[RemoteRange], buf: &[u8]) -> std::io::Result<()> {
-        let Some((uffd, registered)) = &self.uffd else {
-            return vm::write_ranges(self.pid, chunk, buf);
-        };
-        let by_uffd = |r: &RemoteRange| {
-            registered
-                .iter()
+        #[derive(PartialEq)]
+        enum Way {
+            Skip,
+            Uffd,
+            Plain,
+        }
+        let inside = |set: &[(u64, u64)], r: &RemoteRange| {
+            set.iter()
                 .any(|&(s, e)| s <= r.addr && r.addr + r.len as u64 <= e)
+        };
+        let way = |r: &RemoteRange| match &self.uffd {
+            _ if inside(&self.premapped, r) => Way::Skip,
+            Some((_, set)) if inside(set, r) => Way::Uffd,
+            _ => Way::Plain,
         };
         let (mut i, mut pos) = (0, 0);
         while i < chunk.len() {
-            let kind = by_uffd(&chunk[i]);
-            let n = chunk[i..].iter().take_while(|r| by_uffd(r) == kind).count();
+            let kind = way(&chunk[i]);
+            let n = chunk[i..].iter().take_while(|r| way(r) == kind).count();
             let group = &chunk[i..i + n];
             let bytes: usize = group.iter().map(|r| r.len).sum();
             let local = &buf[pos..pos + bytes];
-            if kind {
-                let mut at = 0;
-                for r in group {
-                    uffd.copy(r.addr, &local[at..at + r.len])?;
-                    at += r.len;
+            match (kind, &self.uffd) {
+                (Way::Skip, _) => {}
+                (Way::Uffd, Some((uffd, _))) => {
+                    let mut at = 0;
+                    for r in group {
+                        uffd.copy(r.addr, &local[at..at + r.len])?;
+                        at += r.len;
+                    }
                 }
-            } else {
-                vm::write_ranges(self.pid, group, local)?;
+                _ => vm::write_ranges(self.pid, group, local)?,
             }
             i += n;
             pos += bytes;
@@ -1106,17 +1414,30 @@ const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 
 /// Set the mm fields and the exe file with PR_SET_MM_MAP.
-pub fn set_mm_fields(r: &Remote, mm: &pb::MmEntry, files: &FileIndex) -> Result<()> {
+pub fn set_mm_fields(
+    r: &Remote,
+    mm: &pb::MmEntry,
+    files: &FileIndex,
+    prefds: &MapFds,
+) -> Result<()> {
     let exe = files.get(&mm.exe_file_id).ok_or_else(|| Error::BadImage {
         file: "mm".into(),
         what: format!("exe file id {} is not in files.img", mm.exe_file_id),
     })?;
-    let p = r.put_path(0, &exe.name)?;
-    let exe_fd = r.call(
-        &format!("open of the exe file {}", exe.name),
-        libc::SYS_openat,
-        [libc::AT_FDCWD as u64, p, libc::O_RDONLY as u64, 0, 0, 0],
-    )?;
+    let opened = prefds
+        .get(&(mm.exe_file_id, libc::O_RDONLY as u32))
+        .copied();
+    let exe_fd = match opened {
+        Some(fd) => fd,
+        None => {
+            let p = r.put_path(0, &exe.name)?;
+            r.call(
+                &format!("open of the exe file {}", exe.name),
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, p, libc::O_RDONLY as u64, 0, 0, 0],
+            )?
+        }
+    };
     let auxv: Vec<u8> = mm
         .mm_saved_auxv
         .iter()
@@ -1155,6 +1476,8 @@ pub fn set_mm_fields(r: &Remote, mm: &pb::MmEntry, files: &FileIndex) -> Result<
         libc::SYS_prctl,
         [PR_SET_MM, PR_SET_MM_MAP, addr, map_size as u64, 0, 0],
     );
-    r.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    if opened.is_none() {
+        r.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    }
     res.map(drop)
 }

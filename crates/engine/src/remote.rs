@@ -1,23 +1,55 @@
 //! Remote syscalls with a scratch mapping: how crust asks a stopped task for
 //! what only the task itself can see or change. The syscalls run at a
-//! `syscall` instruction of the task's vdso; arguments and results travel
-//! through a scratch mapping that crust maps in the task and unmaps again.
+//! `syscall` instruction of the task's own code; arguments and results
+//! travel through a scratch mapping that crust maps in the task and unmaps
+//! again.
+//!
+//! At dump, where the task must come out whole even if crust is killed at
+//! any moment, they are guarded (see [`GuardedSyscaller`]): each thread is
+//! parked on a signal frame of its own state, which rt_sigreturn gives back
+//! if crust dies. At restore, where a crust that dies takes the whole tree
+//! with it, they are plain.
 
-use crust_sys::procfs::{self, VmaPath};
-use crust_sys::ptrace::Regs;
-use crust_sys::remote::{find_syscall_insn, RemoteSyscaller};
+use crust_sys::procfs::{self, Vma, VmaPath};
+use crust_sys::ptrace::{self, Regs};
+use crust_sys::remote::{
+    find_gadgets, find_syscall_insn, Gadgets, GuardedSyscaller, RemoteSyscaller,
+};
 use crust_sys::vm::{self, RemoteRange};
 
 use crate::error::{Context, Error, Result};
+use crate::task::ThreadState;
 
 /// Size of the scratch mapping.
 pub const SCRATCH_LEN: usize = 64 * 1024;
 
+/// How the syscalls of a [`Remote`] are driven.
+enum Driver {
+    /// At a vdso `syscall`, single-stepped (restore, and dumps of tasks
+    /// without the gadgets).
+    Plain(RemoteSyscaller),
+    /// On a signal frame of the thread's own state (dump).
+    Guarded(GuardedSyscaller),
+}
+
 /// A stopped, traced task that crust drives with remote syscalls.
 pub struct Remote {
     pid: i32,
-    sc: RemoteSyscaller,
+    sc: Driver,
     scratch: Option<u64>,
+    /// At dump: what [`Remote::finish`] puts back (own registers and mask),
+    /// and what siblings need.
+    dump: Option<DumpSide>,
+}
+
+/// What a dump-side [`Remote`] remembers.
+struct DumpSide {
+    gadgets: Option<Gadgets>,
+    /// Writable mappings of the process: where a thread's stack may be.
+    writable: Vec<(u64, u64)>,
+    regs: Regs,
+    sigmask: u64,
+    finished: bool,
 }
 
 impl Remote {
@@ -27,18 +59,147 @@ impl Remote {
         let ip = vdso_syscall_ip(pid)?;
         Ok(Remote {
             pid,
-            sc: RemoteSyscaller::new(pid, ip, regs),
+            sc: Driver::Plain(RemoteSyscaller::new(pid, ip, regs)),
             scratch: None,
+            dump: None,
         })
     }
 
+    /// Remote syscalls in a frozen process `pid` being dumped, in its thread
+    /// `tid` whose state is `th`: guarded, so that the task stays whole
+    /// whatever moment crust dies at, when the task's code has the gadgets
+    /// for it (else plain, with a warning). Every signal of the thread is
+    /// blocked until [`Remote::finish`] (or drop) puts its own state back.
+    pub fn for_dump(pid: i32, tid: i32, th: &ThreadState) -> Result<Self> {
+        let maps = procfs::read_maps(pid)?;
+        let gadgets = dump_gadgets(pid, &maps);
+        if gadgets.is_none() {
+            tracing::warn!(
+                "pid {pid}: no `syscall; ret` and signal restorer in its code: \
+                 remote syscalls are not guarded, a crust killed during them \
+                 leaves the task with wrong registers"
+            );
+        }
+        let writable = maps
+            .iter()
+            .filter(|v| v.read && v.write && !v.shared)
+            .map(|v| (v.start, v.end))
+            .collect();
+        let side = DumpSide {
+            gadgets,
+            writable,
+            regs: th.regs,
+            sigmask: th.sigmask,
+            finished: false,
+        };
+        Self::dump_thread(pid, tid, th, side, None)
+    }
+
+    /// Dump-side remote syscalls in another thread `tid` of the same process
+    /// (same code, same scratch area), whose state is `th`.
+    pub fn dump_sibling(&self, tid: i32, th: &ThreadState) -> Result<Remote> {
+        let own = self.dump.as_ref().expect("a dump-side remote");
+        let side = DumpSide {
+            gadgets: own.gadgets,
+            writable: own.writable.clone(),
+            regs: th.regs,
+            sigmask: th.sigmask,
+            finished: false,
+        };
+        Self::dump_thread(tid, tid, th, side, self.scratch)
+    }
+
+    fn dump_thread(
+        pid: i32,
+        tid: i32,
+        th: &ThreadState,
+        side: DumpSide,
+        scratch: Option<u64>,
+    ) -> Result<Remote> {
+        let guarded = match side.gadgets {
+            Some(g) => {
+                let rsp = th.regs.rsp;
+                let stack = side
+                    .writable
+                    .iter()
+                    .copied()
+                    .find(|&(s, e)| s < rsp && rsp <= e);
+                match stack
+                    .map(|st| GuardedSyscaller::begin(tid, g, th.regs, &th.xstate, th.sigmask, st))
+                {
+                    Some(Ok(g)) => Some(g),
+                    Some(Err(e)) if e.kind() != std::io::ErrorKind::Unsupported => {
+                        return Err(e).ctx(|| format!("preparing remote syscalls in thread {tid}"))
+                    }
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => format!("its stack pointer {rsp:#x} is in no writable mapping"),
+                        };
+                        tracing::warn!(
+                            "thread {tid}: remote syscalls not guarded ({why}): a crust killed \
+                             during them leaves the thread with wrong registers"
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let sc = match guarded {
+            Some(g) => Driver::Guarded(g),
+            None => {
+                let ip = vdso_syscall_ip(pid)?;
+                ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
+                Driver::Plain(RemoteSyscaller::new(tid, ip, th.regs))
+            }
+        };
+        Ok(Remote {
+            pid: tid,
+            sc,
+            scratch,
+            dump: Some(side),
+        })
+    }
+
+    /// Whether this remote's syscalls are guarded against crust's death.
+    pub fn guarded(&self) -> bool {
+        matches!(self.sc, Driver::Guarded(_))
+    }
+
+    /// At dump: put back the thread's own signal mask and registers (and
+    /// with guarded syscalls, the bytes under their signal frame).
+    /// Idempotent; drop does it too, ignoring errors.
+    pub fn finish(&mut self) -> Result<()> {
+        let Some(side) = self.dump.as_mut() else {
+            return Ok(());
+        };
+        if side.finished {
+            return Ok(());
+        }
+        let tid = self.pid;
+        match &mut self.sc {
+            Driver::Guarded(g) => g.finish(),
+            Driver::Plain(_) => ptrace::set_sigmask(tid, side.sigmask)
+                .and_then(|()| ptrace::set_regs(tid, &side.regs)),
+        }
+        .ctx(|| format!("putting back the registers and signal mask of thread {tid}"))?;
+        side.finished = true;
+        Ok(())
+    }
+
     /// Remote syscalls in another thread `tid` of the same process (same
-    /// vdso, same scratch area), whose registers are `regs`.
+    /// vdso, same scratch area), whose registers are `regs` (restore).
     pub fn sibling(&self, tid: i32, regs: Regs) -> Remote {
+        let ip = match &self.sc {
+            Driver::Plain(p) => p.ip(),
+            Driver::Guarded(_) => unreachable!("restore-side remotes are plain"),
+        };
         Remote {
             pid: tid,
-            sc: RemoteSyscaller::new(tid, self.sc.ip(), regs),
+            sc: Driver::Plain(RemoteSyscaller::new(tid, ip, regs)),
             scratch: self.scratch,
+            dump: None,
         }
     }
 
@@ -55,24 +216,30 @@ impl Remote {
     /// The range `[old, old + len)` moved to `new`: if the syscall
     /// instruction crust executes at was in it, follow it.
     pub fn moved(&mut self, old: u64, len: u64, new: u64) {
-        let ip = self.sc.ip();
-        if (old..old + len).contains(&ip) {
-            self.sc.set_ip(ip - old + new);
+        if let Driver::Plain(sc) = &mut self.sc {
+            let ip = sc.ip();
+            if (old..old + len).contains(&ip) {
+                sc.set_ip(ip - old + new);
+            }
         }
     }
 
     /// Run syscall `nr`; `what` names it in errors.
     pub fn call(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
-        self.sc
-            .call(nr, args)
-            .ctx(|| format!("remote {what} in pid {}", self.pid))
+        match &self.sc {
+            Driver::Plain(sc) => sc.call(nr, args),
+            Driver::Guarded(sc) => sc.call(nr, args),
+        }
+        .ctx(|| format!("remote {what} in pid {}", self.pid))
     }
 
     /// Run syscall `nr` and return its raw result (negative errno).
     pub fn raw(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<i64> {
-        self.sc
-            .raw(nr, args)
-            .ctx(|| format!("remote {what} in pid {}", self.pid))
+        match &self.sc {
+            Driver::Plain(sc) => sc.raw(nr, args),
+            Driver::Guarded(sc) => sc.raw(nr, args),
+        }
+        .ctx(|| format!("remote {what} in pid {}", self.pid))
     }
 
     /// Map the scratch area: at `fixed` exactly (which must be free), or
@@ -165,6 +332,29 @@ impl Remote {
         }
         self.put(offset, &bytes)
     }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// The gadgets of guarded remote syscalls in process `pid` whose mappings
+/// are `maps`: looked for in its readable code, the vdso and C libraries
+/// first.
+fn dump_gadgets(pid: i32, maps: &[Vma]) -> Option<Gadgets> {
+    let rank = |v: &Vma| match &v.path {
+        VmaPath::Vdso => 0,
+        VmaPath::File { path, .. } if path.contains("/libc") || path.contains("/ld-musl") => 1,
+        _ => 2,
+    };
+    let mut code: Vec<&Vma> = maps.iter().filter(|v| v.read && v.exec).collect();
+    code.sort_by_key(|v| rank(v));
+    let ranges: Vec<(u64, u64)> = code.iter().map(|v| (v.start, v.end)).collect();
+    find_gadgets(pid, &ranges)
 }
 
 /// Address of a `syscall` instruction in the [vdso] of `pid`.

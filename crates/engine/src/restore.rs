@@ -30,6 +30,8 @@ struct ProcPlan {
     fdinfos: Vec<pb::FdinfoEntry>,
     cwd: String,
     root: String,
+    /// What it does itself late: file locks, pidfds of the tree.
+    late: files::LateFds,
 }
 
 /// A whole tree to restore.
@@ -195,9 +197,18 @@ fn load(dir: &ImageDir) -> Result<Plan> {
                 fdinfos,
                 cwd,
                 root,
+                late: Default::default(),
             },
         );
         let _ = fs.umask;
+    }
+    let tables = procs
+        .iter()
+        .map(|(&pid, p)| (pid, p.fdinfos.as_slice()))
+        .collect();
+    let mut late = files::plan_late(dir, &files, &tables, &tree_ids(&entries))?;
+    for (pid, p) in procs.iter_mut() {
+        p.late = late.remove(pid).unwrap_or_default();
     }
     Ok(Plan {
         entries,
@@ -235,6 +246,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     let fd_opts = FdOptions {
         shell_job: opts.shell_job,
         ghost_limit: files::DEFAULT_GHOST_LIMIT,
+        file_locks: false,
     };
     let mut octx = OpenCtx {
         opts: fd_opts,
@@ -242,10 +254,16 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         pipes: Default::default(),
         ghosts: Default::default(),
         ttys: Default::default(),
+        memfds: Default::default(),
+        tree: tree_ids(&plan.entries),
     };
     octx.pipes.set_reg_entries(plan.files.values());
     let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
     octx.pipes.finish()?;
+    // Mappings of a memfd that an fd holds too open crust's copy of it.
+    for (shmid, path) in octx.memfds.created() {
+        shmem.provide(shmid, path);
+    }
     let mapped_ghosts = files::recreate_mapped_ghosts(
         &plan.files,
         plan.procs.values().flat_map(|p| {
@@ -279,9 +297,49 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         },
     };
     let t_fork = Instant::now();
-    let setup = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
+    // Private memory a parent shares with its children copy-on-write is
+    // premapped by the parent before it forks them.
+    let cow = mm::cow_plan(fork_plan.entries.iter().filter_map(|e| {
+        let p = plan.procs.get(&e.pid)?;
+        Some(mm::CowProc {
+            pid: e.pid,
+            parent: fork_plan.fork_parent(e),
+            mm: &p.mm,
+            pagemap: &p.pagemap,
+            pages: &p.pages,
+        })
+    }));
+    let before_children = |e: &pb::PstreeEntry| -> Result<()> {
         let p = &plan.procs[&e.pid];
-        open.install(&p.fdinfos, keep)?;
+        let none = Vec::new();
+        mm::premap_own(
+            cow.get(&e.pid).unwrap_or(&none),
+            &p.pagemap,
+            &p.pages,
+            &p.pages_name,
+        )
+    };
+    let mapped_files = mm::MappedFiles::open(
+        plan.procs
+            .iter()
+            .filter(|(_, p)| p.root == "/")
+            .map(|(&pid, p)| (pid, &p.mm)),
+        &files_index,
+    );
+    let last = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
+        let p = &plan.procs[&e.pid];
+        // The files it maps go right after its report and hold fds.
+        let mut mine = mapped_files.dup_for(e.pid)?;
+        let mut keep: Vec<&mut std::os::fd::OwnedFd> = keep
+            .iter_mut()
+            .map(|k| &mut **k)
+            .chain(mine.iter_mut())
+            .collect();
+        open.install(&p.fdinfos, &mut keep)?;
+        // They stay open in the task: crust closes them there.
+        for f in mine {
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(f);
+        }
         fs::apply(&p.cwd, &p.root, umasks[&e.pid])?;
         let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
         if let Some(tc) = main.tc {
@@ -291,11 +349,16 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         Ok(())
     };
     tracing::debug!(ms = us(t0) / 1000, "images loaded and files opened");
+    let setup = tree::Setup {
+        before_children: &before_children,
+        last: &last,
+    };
     let mut restored = tree::fork_tree(&fork_plan, &setup)?;
     let forking_us = us(t_fork);
     tracing::debug!(ms = forking_us / 1000, "tree forked");
     let t_seize = Instant::now();
     drop(open);
+    let mapped_files = mapped_files.numbers();
     for r in &restored.ready {
         tree::seize_restored(r.outer)?;
         ptrace::set_sigmask(r.outer, u64::MAX)
@@ -339,25 +402,19 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         for r in &restored.ready {
             let p = &plan.procs[&(r.pid as u32)];
             let drain = reaped.contains(&r.outer);
-            let (remote, filled, fill) = begin(p, r, drain, &mut shmem, &files_index)?;
+            let list = mapped_files.get(&(r.pid as u32));
+            let prefds = mm::map_fds(list.map_or(&[][..], |l| l), r.hold_fd);
+            let (half, fill) = begin(p, r, drain, &mut shmem, &files_index, prefds)?;
             let pending = movers.submit(move || fill.run());
-            begun.push((r, p, remote, filled, pending));
+            begun.push((r, p, half, pending));
         }
         tracing::debug!(ms = us(t_transform) / 1000, "every process mapped");
         let mut waited = 0;
-        for (r, p, remote, filled, pending) in begun {
+        for (r, p, half, pending) in begun {
             let t_wait = Instant::now();
             pending.wait()?;
             waited += us(t_wait);
-            let tids = finish(
-                p,
-                r,
-                remote,
-                &filled,
-                &files_index,
-                opts.new_pid_ns,
-                &plan.creds,
-            )?;
+            let tids = finish(p, r, half, &files_index, opts.new_pid_ns, &plan.creds)?;
             all_tids.push((
                 r.outer,
                 tids,
@@ -418,10 +475,26 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
     Ok(out)
 }
 
+/// Every pid and tid of the tree `entries`.
+fn tree_ids(entries: &[pb::PstreeEntry]) -> HashSet<u32> {
+    entries
+        .iter()
+        .flat_map(|e| e.threads.iter().copied().chain([e.pid]))
+        .collect()
+}
+
 /// `struct clone_args` size (clone3), up to and including `cgroup`.
 const CLONE_ARGS_SIZE: usize = 88;
 /// Where in the scratch area the clone3 arguments go.
 const CLONE_ARGS_AT: usize = 32 * 1024;
+
+/// A process [`begin`] started: its remote, which VMAs receive pages, and
+/// where it has its mapped files.
+struct Begun {
+    r: Remote,
+    filled: Vec<bool>,
+    prefds: mm::MapFds,
+}
 
 /// Begin turning one seized, waiting process into its dumped self: its
 /// memory is mapped, the pages are left to the returned [`mm::Fill`].
@@ -431,16 +504,13 @@ fn begin<'a>(
     drain_sigchld: bool,
     shmem: &mut crate::shmem::Restorer,
     files_index: &mm::FileIndex,
-) -> Result<(Remote, Vec<bool>, mm::Fill<'a>)> {
+    prefds: mm::MapFds,
+) -> Result<(Begun, mm::Fill<'a>)> {
     let pid = ready.outer;
-    let (report_fd, hold_fd) = (ready.report_fd, ready.hold_fd);
     let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
     let mut r = Remote::new(pid, regs)?;
-    for fd in [report_fd, hold_fd] {
-        r.call("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
-    }
     task::unregister_rseq(&r)?;
-    mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name)?;
+    mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name, &ready.premapped)?;
     r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
     if drain_sigchld {
         sessions::drain_sigchld(&r)?;
@@ -454,8 +524,10 @@ fn begin<'a>(
         &p.pages,
         &p.pages_name,
         shmem,
+        &ready.premapped,
+        &prefds,
     )?;
-    Ok((r, filled, fill))
+    Ok((Begun { r, filled, prefds }, fill))
 }
 
 /// Finish a process [`begin`] started, once its pages are written: returns
@@ -463,15 +535,20 @@ fn begin<'a>(
 fn finish(
     p: &ProcPlan,
     ready: &tree::Ready,
-    mut r: Remote,
-    filled: &[bool],
+    half: Begun,
     files_index: &mm::FileIndex,
     new_pid_ns: bool,
     creds: &creds::Restorer,
 ) -> Result<Vec<i32>> {
     let pid = ready.outer;
+    let Begun {
+        mut r,
+        filled,
+        prefds,
+    } = half;
+    let (filled, prefds) = (&filled[..], &prefds);
     mm::protect(&r, &p.mm, filled)?;
-    mm::set_mm_fields(&r, &p.mm, files_index)?;
+    mm::set_mm_fields(&r, &p.mm, files_index, prefds)?;
     let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
     let tc = main.tc.expect("checked at load");
     signal::restore(&r, &tc.sigactions, &p.cores[0].2)?;
@@ -534,6 +611,25 @@ fn finish(
     // and seccomp last.
     crate::pending::restore(&r, &p.cores, &tids)?;
     crate::timers::restore(&r, pid, tc.timers.as_ref())?;
+    // crust's fds: the report and hold pipes and the mapped files after
+    // them (closed before the file locks are taken again: closing a file
+    // drops the task's POSIX locks on it).
+    let last_fd = ready.hold_fd as u64 + prefds.len() as u64;
+    if ready.hold_fd == ready.report_fd + 1 {
+        r.call(
+            "close_range",
+            libc::SYS_close_range,
+            [ready.report_fd as u64, last_fd, 0, 0, 0, 0],
+        )?;
+    } else {
+        for fd in [ready.report_fd as u64, ready.hold_fd as u64] {
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+        for &fd in prefds.values() {
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+    }
+    files::restore_late(&r, &p.late)?;
     creds.apply(&r, &tids, &p.cores, p.mm.thp_disabled)?;
     task::restore_dumpable(&r, p.mm.dumpable)?;
     r.unmap_scratch()?;

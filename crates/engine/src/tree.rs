@@ -2,7 +2,7 @@
 //! stable), letting them go (resume, stop or kill), and at restore creating
 //! each process with its dumped pid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 
@@ -126,10 +126,15 @@ impl FrozenTree {
                     zombies.push(st);
                     continue;
                 }
-                let tids = match procfs::list_tids(st.pid) {
+                let mut tids = match procfs::list_tids(st.pid) {
                     Ok(t) => t,
                     Err(_) => continue, // gone meanwhile: the next round sees
                 };
+                // The main thread first, whatever the numbers (tids wrap
+                // around pid_max: a thread may have a smaller one).
+                if let Some(i) = tids.iter().position(|&t| t == st.pid) {
+                    tids[..=i].rotate_right(1);
+                }
                 let mut live = Vec::new();
                 for tid in tids {
                     if t.seized.contains(&tid) {
@@ -189,7 +194,10 @@ impl FrozenTree {
                 }
                 // Threads before their leader: a group leader's death is
                 // reported only once its other threads are reaped.
-                for &tid in self.seized.iter().rev() {
+                let leaders: HashSet<i32> = self.procs.iter().map(|(st, _)| st.pid).collect();
+                let (mains, others): (Vec<i32>, Vec<i32>) =
+                    self.seized.iter().partition(|t| leaders.contains(t));
+                for tid in others.into_iter().chain(mains) {
                     let _ = ptrace::wait(tid);
                 }
                 return Ok(());
@@ -223,6 +231,11 @@ fn exited(tid: i32) -> bool {
     }
 }
 
+/// The tracer of thread `tid` (0: none, or unknown).
+fn tracer_of(tid: i32) -> i32 {
+    procfs::read_status(tid).map_or(0, |s| s.tracer_pid)
+}
+
 /// PTRACE_SEIZE and PTRACE_INTERRUPT one thread, and wait until it stops.
 /// Signals that arrive meanwhile are delivered, not lost.
 fn seize_one(tid: i32) -> Result<()> {
@@ -231,6 +244,16 @@ fn seize_one(tid: i32) -> Result<()> {
         // A task that exited just now is refused with EPERM too: gone, not
         // a permission problem.
         Some(libc::EPERM) if exited(tid) => Error::NoSuchProcess(tid),
+        Some(libc::EPERM) if tracer_of(tid) != 0 => {
+            let tracer = tracer_of(tid);
+            Error::AlreadyTraced {
+                pid: tid,
+                tracer,
+                comm: std::fs::read_to_string(format!("/proc/{tracer}/comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_else(|_| "gone".into()),
+            }
+        }
         Some(libc::EPERM) => Error::Privilege(format!(
             "permission to ptrace {tid} (CAP_SYS_PTRACE; is it traced already, by another dump?)"
         )),
@@ -303,7 +326,7 @@ pub struct ForkPlan {
 
 impl ForkPlan {
     /// The pid that forks `e` (0: crust or the namespace's init).
-    fn fork_parent(&self, e: &pb::PstreeEntry) -> u32 {
+    pub fn fork_parent(&self, e: &pb::PstreeEntry) -> u32 {
         match self.lineage.fork_parent.get(&e.pid) {
             Some(&p) => p,
             None if e.pid == self.entries[0].pid => 0,
@@ -324,7 +347,7 @@ impl ForkPlan {
 }
 
 /// A restored process waiting for crust.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ready {
     /// Its pid in the images (and in its own pid namespace).
     pub pid: i32,
@@ -334,6 +357,9 @@ pub struct Ready {
     pub report_fd: i32,
     /// Its fd of the hold pipe, to close.
     pub hold_fd: i32,
+    /// The private memory it premapped (inherited or its own), filled:
+    /// kept as it is at restore.
+    pub premapped: Vec<(u64, u64)>,
 }
 
 /// A restored tree whose processes wait for crust. Dropping it kills them
@@ -451,6 +477,19 @@ impl RestoredTree {
 impl Drop for RestoredTree {
     fn drop(&mut self) {
         if self.live {
+            // Threads crust created are traced by it: once killed, they stay
+            // zombies until crust reaps them, and their leader's death is
+            // not reported before. Listed before the kill, reaped after it.
+            let threads: Vec<i32> = self
+                .ready
+                .iter()
+                .flat_map(|r| {
+                    procfs::list_tids(r.outer)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(move |&t| t != r.outer)
+                })
+                .collect();
             for &p in &self.pids {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(p),
@@ -461,6 +500,9 @@ impl Drop for RestoredTree {
                 nix::unistd::Pid::from_raw(self.child),
                 nix::sys::signal::SIGKILL,
             );
+            for t in threads {
+                let _ = ptrace::wait(t);
+            }
             let _ = nix::sys::wait::waitpid(
                 nix::unistd::Pid::from_raw(self.child),
                 Some(nix::sys::wait::WaitPidFlag::__WALL),
@@ -477,15 +519,30 @@ const RECORD: usize = 12;
 /// The second field of a helper's report record.
 const HELPER_READY: i32 = -2;
 
+/// The second field of a record that lists a process's premapped ranges:
+/// the third is their number, and (start, end) pairs follow.
+const PREMAPPED: i32 = -3;
+
+/// At most this many premapped ranges are reported (the record stays
+/// under PIPE_BUF, so it is written whole).
+pub const MAX_PREMAPPED: usize = 250;
+
+/// What each restored process does in crust's code, in itself, before it
+/// is seized.
+pub struct Setup<'a> {
+    /// Before it forks its children: the memory they inherit
+    /// copy-on-write (see crust_sys::premap).
+    pub before_children: &'a dyn Fn(&pb::PstreeEntry) -> Result<()>,
+    /// After: its session's files, cwd, limits, scheduling.
+    pub last: &'a dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+}
+
 /// Fork the whole tree: crust forks the root with clone3 set_tid, and each
 /// restored process forks its own children the same way, after `setup`
 /// (session, fds, cwd, rlimits ...) in itself. Zombies exit at once with
 /// their status. Every live process then reports ready and waits in a read
 /// until crust seizes it.
-pub fn fork_tree(
-    plan: &ForkPlan,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
-) -> Result<RestoredTree> {
+pub fn fork_tree(plan: &ForkPlan, setup: &Setup) -> Result<RestoredTree> {
     let root = &plan.entries[0];
     let wanted = plan
         .entries
@@ -567,6 +624,7 @@ pub fn fork_tree(
     // The parent's copies of the channel ends went with the closure; only
     // the restored processes hold the report pipe's write end now.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut premapped: HashMap<i32, Vec<(u64, u64)>> = HashMap::new();
     while tree.ready.len() + tree.helpers.len() < live {
         wait_readable(&report_rd, tree.child, deadline, root.pid as i32)?;
         let mut rec = [0u8; RECORD];
@@ -594,11 +652,25 @@ pub fn fork_tree(
             tree.helpers.push((pid, pid));
             continue;
         }
+        if a == PREMAPPED {
+            let mut raw = vec![0u8; b.clamp(0, MAX_PREMAPPED as i32) as usize * 16];
+            read_full(&mut report_rd, &mut raw)?;
+            let ranges = raw
+                .chunks_exact(16)
+                .map(|c| {
+                    let w = |i: usize| u64::from_ne_bytes(c[i..i + 8].try_into().unwrap());
+                    (w(0), w(8))
+                })
+                .collect();
+            premapped.insert(pid, ranges);
+            continue;
+        }
         tree.ready.push(Ready {
             pid,
             outer: pid,
             report_fd: a,
             hold_fd: b,
+            premapped: premapped.remove(&pid).unwrap_or_default(),
         });
     }
     if plan.new_pid_ns {
@@ -693,7 +765,7 @@ pub fn ns_pids(init: i32) -> Result<HashMap<i32, i32>> {
 /// with the root's status.
 fn become_init(
     plan: &ForkPlan,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    setup: &Setup,
     chans: (OwnedFd, OwnedFd),
     handover: (std::fs::File, std::fs::File),
 ) -> i32 {
@@ -804,7 +876,7 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<bool> {
 fn fork_children(
     plan: &ForkPlan,
     me: u32,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    setup: &Setup,
     report: &OwnedFd,
     hold: &OwnedFd,
 ) -> Result<()> {
@@ -866,8 +938,12 @@ fn send_record(report: &OwnedFd, pid: i32, res: std::result::Result<(i32, i32), 
             rec.extend(msg);
         }
     }
-    // Written in place: crust may seize the caller as soon as it has the
-    // record, so nothing may happen after the write.
+    write_record(report, &rec);
+}
+
+/// Write a whole record in place: crust may seize the caller as soon as it
+/// has it, so nothing may happen after the write.
+fn write_record(report: &OwnedFd, rec: &[u8]) {
     let mut done = 0;
     while done < rec.len() {
         match nix::unistd::write(report, &rec[done..]) {
@@ -876,6 +952,21 @@ fn send_record(report: &OwnedFd, pid: i32, res: std::result::Result<(i32, i32), 
             Err(_) => return,
         }
     }
+}
+
+/// Send the premapped ranges of `pid` (at most [`MAX_PREMAPPED`]), before
+/// its ready record.
+fn send_premapped(report: &OwnedFd, pid: i32, ranges: &[(u64, u64)]) {
+    let ranges = &ranges[..ranges.len().min(MAX_PREMAPPED)];
+    let mut rec = Vec::with_capacity(RECORD + ranges.len() * 16);
+    rec.extend(pid.to_ne_bytes());
+    rec.extend(PREMAPPED.to_ne_bytes());
+    rec.extend((ranges.len() as i32).to_ne_bytes());
+    for &(s, e) in ranges {
+        rec.extend(s.to_ne_bytes());
+        rec.extend(e.to_ne_bytes());
+    }
+    write_record(report, &rec);
 }
 
 /// Block in a read of the hold pipe: crust seizes (or kills) the caller
@@ -895,7 +986,7 @@ fn hold_until_seized(hold: OwnedFd) -> i32 {
 fn become_process(
     plan: &ForkPlan,
     me: &pb::PstreeEntry,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
+    setup: &Setup,
     chans: (OwnedFd, OwnedFd),
     parent: i32,
 ) -> i32 {
@@ -923,15 +1014,22 @@ fn become_process(
         if plan.lineage.adopts(me.pid) {
             nix::sys::prctl::set_child_subreaper(true).ctx(|| "PR_SET_CHILD_SUBREAPER".into())?;
         }
+        (setup.before_children)(me)?;
         fork_children(plan, me.pid, setup, &report, &hold)?;
         // Children first: they need crust's open files, which setup closes
         // here (all but this process's own).
-        setup(me, &mut [&mut report, &mut hold])?;
+        (setup.last)(me, &mut [&mut report, &mut hold])?;
         Ok(())
     })();
     use std::os::fd::AsRawFd;
     match res {
-        Ok(()) => send_record(&report, pid, Ok((report.as_raw_fd(), hold.as_raw_fd()))),
+        Ok(()) => {
+            let premapped = crust_sys::premap::premapped();
+            if !premapped.is_empty() {
+                send_premapped(&report, pid, &premapped);
+            }
+            send_record(&report, pid, Ok((report.as_raw_fd(), hold.as_raw_fd())))
+        }
         Err(e) => {
             send_record(&report, pid, Err(e.to_string()));
             return 2;
@@ -944,12 +1042,7 @@ fn become_process(
 
 /// Runs in a forked copy of crust that becomes helper `me`: it creates its
 /// session or group, forks what it must, reports, and waits to be killed.
-fn become_helper(
-    plan: &ForkPlan,
-    me: &Helper,
-    setup: &dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
-    chans: (OwnedFd, OwnedFd),
-) -> i32 {
+fn become_helper(plan: &ForkPlan, me: &Helper, setup: &Setup, chans: (OwnedFd, OwnedFd)) -> i32 {
     let (report, hold) = chans;
     let pid = me.pid as i32;
     let res = (|| -> Result<()> {

@@ -81,6 +81,8 @@ pub enum ImageKind {
     Timerfd,
     /// `seccomp.img`: one `seccomp_entry` with every filter of the tree.
     Seccomp,
+    /// `file-locks.img`: `file_lock_entry` records, every lock of the tree.
+    FileLocks,
 }
 
 impl ImageKind {
@@ -122,6 +124,7 @@ impl ImageKind {
         ImageKind::Signalfd,
         ImageKind::Timerfd,
         ImageKind::Seccomp,
+        ImageKind::FileLocks,
     ];
 
     /// The image's own magic (the second `u32`, or the only one for
@@ -163,6 +166,7 @@ impl ImageKind {
             Signalfd => magic::SIGNALFD,
             Timerfd => magic::TIMERFD,
             Seccomp => magic::SECCOMP,
+            FileLocks => magic::FILE_LOCKS,
         }
     }
 
@@ -235,6 +239,7 @@ impl ImageKind {
             Signalfd => "signalfd_entry",
             Timerfd => "timerfd_entry",
             Seccomp => "seccomp_entry",
+            FileLocks => "file_lock_entry",
         })
     }
 
@@ -280,6 +285,7 @@ impl ImageKind {
             Signalfd => "signalfd.img".to_string(),
             Timerfd => "timerfd.img".to_string(),
             Seccomp => names::SECCOMP.to_string(),
+            FileLocks => names::FILE_LOCKS.to_string(),
         }
     }
 }
@@ -314,6 +320,8 @@ pub mod names {
     pub const STATS_RESTORE: &str = "stats-restore.img";
     /// `seccomp.img`.
     pub const SECCOMP: &str = "seccomp.img";
+    /// `file-locks.img`.
+    pub const FILE_LOCKS: &str = "file-locks.img";
 
     /// `core-{pid}.img`.
     pub fn core(pid: u32) -> String {

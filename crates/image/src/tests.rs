@@ -839,6 +839,18 @@ fn samples() -> Vec<Sample> {
         image(K::EventpollTfd, 0, &eventpoll().tfd),
         image(K::Signalfd, 0, &[signalfd()]),
         image(K::Timerfd, 0, &[timerfd()]),
+        image(
+            K::FileLocks,
+            0,
+            &[pb::FileLockEntry {
+                flag: 1,
+                r#type: 1,
+                pid: 42,
+                fd: 3,
+                start: 10,
+                len: 10,
+            }],
+        ),
     ];
     // Distinct file names for the two ghost files / pagemaps.
     for s in &mut out {

@@ -251,3 +251,26 @@ pub fn with_fd_at<T>(old: RawFd, new: RawFd, f: impl FnOnce() -> io::Result<T>) 
     unsafe { libc::close(new) };
     out
 }
+
+/// `fanotify_init(flags, event_f_flags)`.
+pub fn fanotify_init(flags: u32, event_f_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    fd_result(unsafe { libc::syscall(libc::SYS_fanotify_init, flags, event_f_flags) })
+}
+
+/// `fanotify_mark(fd, flags, mask, AT_FDCWD, path)`.
+pub fn fanotify_mark(fd: impl AsFd, flags: u32, mask: u64, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a NUL-terminated string living across the call.
+    int_result(unsafe {
+        libc::fanotify_mark(
+            fd.as_fd().as_raw_fd(),
+            flags,
+            mask,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+        ) as libc::c_long
+    })
+    .map(drop)
+}

@@ -9,6 +9,7 @@ pub mod fd;
 pub mod mmap;
 pub mod pidfd;
 pub mod pipe;
+pub mod premap;
 pub mod probe;
 pub mod procfs;
 pub mod ptrace;

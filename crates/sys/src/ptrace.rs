@@ -98,6 +98,11 @@ pub fn single_step(tid: pid_t, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize).map(drop)
 }
 
+/// `PTRACE_SYSCALL`: resume until the next syscall entry or exit.
+pub fn resume_to_syscall(tid: pid_t) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_SYSCALL, tid, 0, 0).map(drop)
+}
+
 /// `PTRACE_CONT`.
 pub fn resume(tid: pid_t, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)

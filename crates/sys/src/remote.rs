@@ -127,3 +127,408 @@ impl RemoteSyscaller {
         }
     }
 }
+
+/// Resume `tid` to its next syscall entry or exit stop.
+fn syscall_step(tid: pid_t) -> io::Result<()> {
+    ptrace::resume_to_syscall(tid)
+}
+
+/// `syscall; ret`: where a guarded remote syscall executes.
+const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
+/// `mov $15, %rax; syscall` (glibc's and musl's `__restore_rt`).
+const RESTORER_LONG: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05];
+/// `mov $15, %eax; syscall` (Go's runtime and others).
+const RESTORER_SHORT: &[u8] = &[0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05];
+/// At most this many bytes of code are read to look for gadgets.
+pub const GADGET_SCAN_MAX: usize = 64 << 20;
+
+/// Two instruction sequences found in a task's own code that make remote
+/// syscalls survive crust's death: `syscall; ret` to execute at, and a
+/// signal restorer (`rt_sigreturn`) for the `ret` to land in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gadgets {
+    /// Address of `syscall; ret`.
+    pub syscall_ret: u64,
+    /// Address of `mov $15, %rax/%eax; syscall`.
+    pub restorer: u64,
+}
+
+/// Look for [`Gadgets`] in the code ranges `[start, end)` of process `pid`,
+/// read in one batch (at most [`GADGET_SCAN_MAX`] bytes, ranges past that
+/// are skipped; ranges that cannot be read are skipped too); `None` when
+/// either sequence is missing.
+pub fn find_gadgets(pid: pid_t, ranges: &[(u64, u64)]) -> Option<Gadgets> {
+    let mut remote = Vec::new();
+    let mut total = 0usize;
+    for &(start, end) in ranges {
+        let len = (end - start) as usize;
+        if total + len > GADGET_SCAN_MAX {
+            continue;
+        }
+        total += len;
+        remote.push(RemoteRange { addr: start, len });
+    }
+    let mut code = vec![0u8; total];
+    if vm::read_ranges(pid, &remote, &mut code).is_err() {
+        // A mapping that cannot be read whole (a file truncated under it):
+        // range by range, leaving what fails zero (no gadget matches zeros).
+        code.fill(0);
+        let mut off = 0usize;
+        for r in &remote {
+            let _ = vm::read_ranges(pid, std::slice::from_ref(r), &mut code[off..off + r.len]);
+            off += r.len;
+        }
+    }
+    let find = |pat: &[u8]| -> Option<u64> {
+        let mut off = 0usize;
+        for r in &remote {
+            let chunk = &code[off..off + r.len];
+            if let Some(i) = chunk.windows(pat.len()).position(|w| w == pat) {
+                return Some(r.addr + i as u64);
+            }
+            off += r.len;
+        }
+        None
+    };
+    let syscall_ret = find(SYSCALL_RET);
+    let restorer = find(RESTORER_LONG).or_else(|| find(RESTORER_SHORT));
+    syscall_ret
+        .zip(restorer)
+        .map(|(syscall_ret, restorer)| Gadgets {
+            syscall_ret,
+            restorer,
+        })
+}
+
+/// `FP_XSTATE_MAGIC1`, in the software-reserved bytes of an XSAVE area.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+/// `FP_XSTATE_MAGIC2`, right after the XSAVE area in a signal frame.
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+/// Offset of `struct _fpx_sw_bytes` in the XSAVE area.
+const SW_BYTES_AT: usize = 464;
+/// `UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS`.
+const UC_FLAGS: u64 = 0x1 | 0x2 | 0x4;
+/// An `ss_flags` that sigaltstack refuses (neither 0, SS_ONSTACK nor
+/// SS_DISABLE): rt_sigreturn's restore of the alternate stack fails with
+/// EINVAL, which the kernel ignores, so the task's own stays as it is.
+const SS_FLAGS_INVALID: u32 = 0x7f;
+/// `pretcode` + `struct ucontext` + `struct siginfo` of x86_64.
+const FRAME_HEAD: usize = 8 + 312 + 128;
+/// Offset of `uc_mcontext` in the frame.
+const MCONTEXT_AT: usize = 8 + 40;
+/// Offset of `uc_sigmask` in the frame.
+const SIGMASK_AT: usize = 8 + 296;
+/// Bytes below the stack pointer that the x86_64 ABI lets a function use
+/// without moving it (the red zone).
+pub const RED_ZONE: u64 = 128;
+/// `__NR_restart_syscall`.
+const NR_RESTART_SYSCALL: u64 = 219;
+
+/// The kernel's restart errors, as a stopped thread's rax shows them.
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// The registers a thread stopped at `regs` resumes with when no signal
+/// handler runs: a syscall it was interrupted in is restarted (rip back on
+/// the `syscall` instruction, rax = the syscall again, or restart_syscall
+/// for -ERESTART_RESTARTBLOCK), since rt_sigreturn clears orig_rax and the
+/// kernel would not restart it itself.
+pub fn restarted(regs: &Regs) -> Regs {
+    let mut r = *regs;
+    if (r.orig_rax as i64) >= 0 {
+        match r.rax as i64 {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            ERESTART_RESTARTBLOCK => {
+                r.rax = NR_RESTART_SYSCALL;
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    r.orig_rax = u64::MAX;
+    r
+}
+
+/// Smallest XSAVE area: the legacy FXSAVE region and the XSAVE header.
+const XSAVE_MIN: usize = 512 + 64;
+/// Offset of XSTATE_BV (which components the area holds) in the header.
+const XSTATE_BV_AT: usize = 512;
+
+/// How much of the XSAVE area `xstate` (standard format) holds state: up to
+/// the end of the last component its XSTATE_BV names (offsets from CPUID
+/// leaf 0xD). PTRACE_GETREGSET sizes the area for every feature of the CPU,
+/// dynamic ones (AMX tiles) included, but rt_sigreturn refuses an area
+/// larger than the task's own. `None` when the area is too short.
+fn xstate_used(xstate: &[u8]) -> Option<usize> {
+    if xstate.len() < XSAVE_MIN {
+        return None;
+    }
+    let bv = u64::from_ne_bytes(xstate[XSTATE_BV_AT..XSTATE_BV_AT + 8].try_into().ok()?);
+    let mut used = XSAVE_MIN;
+    for i in 2..64u32 {
+        if bv >> i & 1 == 1 {
+            // CPUID leaf 0xD exists on every CPU with XSAVE, which an
+            // NT_X86_XSTATE area implies.
+            let leaf = std::arch::x86_64::__cpuid_count(0xd, i);
+            used = used.max(leaf.ebx as usize + leaf.eax as usize);
+        }
+    }
+    (used <= xstate.len()).then_some(used)
+}
+
+/// The software-reserved bytes (`struct _fpx_sw_bytes`) rt_sigreturn wants
+/// in the XSAVE area of a signal frame before it restores more than the
+/// legacy x87/SSE state (PTRACE_GETREGSET leaves them zero): the size used,
+/// and as the features to restore exactly those the area holds (the others
+/// are reset to their initial state, as they were).
+fn sw_bytes(xstate: &[u8], used: usize) -> [u8; 48] {
+    let mut sw = [0u8; 48];
+    sw[0..4].copy_from_slice(&FP_XSTATE_MAGIC1.to_ne_bytes());
+    sw[4..8].copy_from_slice(&(used as u32 + 4).to_ne_bytes());
+    sw[8..16].copy_from_slice(&xstate[XSTATE_BV_AT..XSTATE_BV_AT + 8]);
+    sw[16..20].copy_from_slice(&(used as u32).to_ne_bytes());
+    sw
+}
+
+/// A complete x86_64 `rt_sigframe` to be written at `at` (16-byte aligned)
+/// in the task, whose rt_sigreturn gives back exactly `regs` (in their
+/// [`restarted`] form), the FPU/XSTATE `xstate` (from NT_X86_XSTATE) and the
+/// blocked mask `sigmask`; `pretcode` is the restorer a `ret` lands in.
+/// `None` when `xstate` is too short to be an XSAVE area.
+pub fn build_sigframe(
+    at: u64,
+    regs: &Regs,
+    xstate: &[u8],
+    sigmask: u64,
+    pretcode: u64,
+) -> Option<Vec<u8>> {
+    let size = xstate_used(xstate)?;
+    let sw = sw_bytes(xstate, size);
+    let extended = size + 4;
+    let fp_off = ((at as usize + FRAME_HEAD + 63) & !63) - at as usize;
+    let mut f = vec![0u8; fp_off + extended];
+    let put = |f: &mut [u8], off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    put(&mut f, 0, pretcode);
+    put(&mut f, 8, UC_FLAGS);
+    // uc_link (16) and uc_stack.ss_sp (24) stay 0; ss_flags at 32.
+    f[32..36].copy_from_slice(&SS_FLAGS_INVALID.to_ne_bytes());
+    let r = restarted(regs);
+    let gprs = [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
+        r.rax, r.rcx, r.rsp, r.rip, r.eflags,
+    ];
+    for (i, v) in gprs.iter().enumerate() {
+        put(&mut f, MCONTEXT_AT + i * 8, *v);
+    }
+    // cs, gs, fs, ss (u16 each), then err, trapno, oldmask, cr2, fpstate.
+    let segs = MCONTEXT_AT + 18 * 8;
+    for (i, v) in [r.cs, r.gs, r.fs, r.ss].iter().enumerate() {
+        f[segs + i * 2..segs + i * 2 + 2].copy_from_slice(&(*v as u16).to_ne_bytes());
+    }
+    put(&mut f, segs + 8 + 4 * 8, at + fp_off as u64);
+    put(&mut f, SIGMASK_AT, sigmask);
+    f[fp_off..fp_off + size].copy_from_slice(&xstate[..size]);
+    f[fp_off + SW_BYTES_AT..fp_off + SW_BYTES_AT + sw.len()].copy_from_slice(&sw);
+    f[fp_off + size..fp_off + size + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_ne_bytes());
+    Some(f)
+}
+
+/// Remote syscalls that leave the task whole whatever moment crust dies at.
+///
+/// Before the first call, a signal frame holding the thread's own registers,
+/// XSTATE and signal mask is written below its stack pointer's red zone
+/// (where the kernel itself would put one), and the thread is parked on it:
+/// rip at a signal restorer of its own code. Each call then runs at a
+/// `syscall; ret` of its own code with rsp on the frame, so that a thread
+/// crust lets go of at any moment (crust killed: the kernel detaches it)
+/// finishes the syscall, returns into the restorer, and rt_sigreturn puts
+/// back exactly what it had. While crust lives, it stops the thread at the
+/// syscall's exit, reads the result, and at [`GuardedSyscaller::finish`]
+/// puts everything back itself, including the bytes under the frame.
+pub struct GuardedSyscaller {
+    tid: pid_t,
+    gadgets: Gadgets,
+    /// The thread's registers when crust took it.
+    own: Regs,
+    own_mask: u64,
+    /// Where the frame is, and the bytes it covers.
+    frame_at: u64,
+    under_frame: Vec<u8>,
+    /// The thread sits in a signal-delivery stop (where a resume applies the
+    /// syscall restart rule to its registers), not at a syscall exit.
+    at_signal_stop: std::cell::Cell<bool>,
+    finished: bool,
+}
+
+impl GuardedSyscaller {
+    /// Park thread `tid` (stopped in a signal-delivery or PTRACE_INTERRUPT
+    /// stop, traced with PTRACE_O_TRACESYSGOOD) on a signal frame of its own
+    /// state: registers `regs`, XSTATE `xstate`, blocked mask `sigmask`, and
+    /// block every signal. `stack` is the writable mapping `[start, end)`
+    /// around rsp. Fails with `ErrorKind::Unsupported` when the frame does
+    /// not fit there or the XSTATE area lacks its software-reserved bytes:
+    /// nothing was changed then.
+    pub fn begin(
+        tid: pid_t,
+        gadgets: Gadgets,
+        regs: Regs,
+        xstate: &[u8],
+        sigmask: u64,
+        stack: (u64, u64),
+    ) -> io::Result<Self> {
+        let unsupported = |what: String| io::Error::new(io::ErrorKind::Unsupported, what);
+        let Some(used) = xstate_used(xstate) else {
+            return Err(unsupported(format!(
+                "the XSTATE area of thread {tid} ({} bytes) is not one",
+                xstate.len()
+            )));
+        };
+        let need = (FRAME_HEAD + 64 + used + 4) as u64;
+        let top = regs.rsp.wrapping_sub(RED_ZONE);
+        let frame_at = top.wrapping_sub(need) & !63;
+        if !(regs.rsp <= stack.1 && frame_at >= stack.0 && frame_at < top) {
+            return Err(unsupported(format!(
+                "no room for a {need}-byte signal frame below the stack pointer {:#x} of thread {tid}",
+                regs.rsp
+            )));
+        }
+        let frame = build_sigframe(frame_at, &regs, xstate, sigmask, gadgets.restorer)
+            .expect("checked above");
+        let range = [RemoteRange {
+            addr: frame_at,
+            len: frame.len(),
+        }];
+        let mut under_frame = vec![0u8; frame.len()];
+        vm::read_ranges(tid, &range, &mut under_frame)?;
+        vm::write_ranges(tid, &range, &frame)?;
+        // Parked: resumed now, the thread would run rt_sigreturn at once.
+        let mut parked = regs;
+        parked.orig_rax = u64::MAX;
+        parked.rip = gadgets.restorer;
+        parked.rsp = frame_at + 8;
+        let g = GuardedSyscaller {
+            tid,
+            gadgets,
+            own: regs,
+            own_mask: sigmask,
+            frame_at,
+            under_frame,
+            at_signal_stop: std::cell::Cell::new(true),
+            finished: false,
+        };
+        ptrace::set_regs(tid, &parked)?;
+        // Only once parked: a signal mask left blocked by a crust that died
+        // is put back by rt_sigreturn.
+        ptrace::set_sigmask(tid, u64::MAX)?;
+        Ok(g)
+    }
+
+    /// The thread.
+    pub fn tid(&self) -> pid_t {
+        self.tid
+    }
+
+    /// The thread's own registers, as crust found them.
+    pub fn own_regs(&self) -> &Regs {
+        &self.own
+    }
+
+    /// Run syscall `nr` with `args`; returns the raw result (a negative
+    /// errno on failure).
+    pub fn raw(&self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
+        // The thread's own registers but for rsp, on the frame, and the call.
+        let mut regs = self.own;
+        regs.rsp = self.frame_at;
+        regs.orig_rax = u64::MAX;
+        regs.rip = self.gadgets.syscall_ret;
+        regs.rax = nr as u64;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        ptrace::set_regs(self.tid, &regs)?;
+        self.at_signal_stop.set(false);
+        // The entry stop, then the exit stop.
+        for _ in 0..2 {
+            self.wait_for(SYSCALL_STOP, 0, syscall_step)?;
+        }
+        let after = ptrace::get_regs(self.tid)?;
+        Ok(after.rax as i64)
+    }
+
+    /// Run syscall `nr`, turning a negative result into an io::Error.
+    pub fn call(&self, nr: i64, args: [u64; 6]) -> io::Result<u64> {
+        let r = self.raw(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(io::Error::from_raw_os_error(-r as i32));
+        }
+        Ok(r as u64)
+    }
+
+    /// Put back the thread's own signal mask and registers (in a
+    /// signal-delivery stop again, so that an interrupted syscall restarts as
+    /// it would have), then the bytes under the frame. Idempotent.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        if !self.at_signal_stop.get() {
+            // From the syscall exit stop into a PTRACE_EVENT_STOP, on the way
+            // back to user mode, before the thread runs any instruction; its
+            // signals still blocked, so that none is dequeued meanwhile.
+            ptrace::interrupt(self.tid)?;
+            self.wait_for(libc::SIGTRAP, libc::PTRACE_EVENT_STOP, |t| {
+                ptrace::resume(t, 0)
+            })?;
+            self.at_signal_stop.set(true);
+        }
+        ptrace::set_sigmask(self.tid, self.own_mask)?;
+        ptrace::set_regs(self.tid, &self.own)?;
+        vm::write_ranges(
+            self.tid,
+            &[RemoteRange {
+                addr: self.frame_at,
+                len: self.under_frame.len(),
+            }],
+            &self.under_frame,
+        )?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Resume with `go` until a stop with `sig` and `event`; other stops (a
+    /// group stop, a ptrace event) are resumed the same way.
+    fn wait_for(
+        &self,
+        sig: i32,
+        event: i32,
+        go: impl Fn(pid_t) -> io::Result<()>,
+    ) -> io::Result<()> {
+        go(self.tid)?;
+        loop {
+            match ptrace::wait(self.tid)? {
+                WaitEvent::Stopped { sig: s, event: e } if s == sig && e == event => return Ok(()),
+                WaitEvent::Stopped { .. } => go(self.tid)?,
+                WaitEvent::Exited(code) => {
+                    return Err(io::Error::other(format!(
+                        "task {} exited with {code} during a remote syscall",
+                        self.tid
+                    )))
+                }
+                WaitEvent::Signaled(s) => {
+                    return Err(io::Error::other(format!(
+                        "task {} was killed by signal {s} during a remote syscall",
+                        self.tid
+                    )))
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! wl-anonfd KIND: holds one anon-inode fd crust refuses to dump, at
-//! `ANON_FD`: KIND is `io_uring`, `userfaultfd` or `pidfd`. A dump must
+//! `ANON_FD`: KIND is `io_uring` or `userfaultfd`. A dump must
 //! refuse, naming it and its fd, and leave this task running; after
 //! SIGTERM the fd is still there, the same kind.
 
@@ -18,7 +18,6 @@ fn main() {
                 libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) as i32
             }
             "userfaultfd" => libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32,
-            "pidfd" => libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) as i32,
             k => die(&format!("unknown kind {k:?}")),
         }
     };

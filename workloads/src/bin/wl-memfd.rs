@@ -8,7 +8,12 @@
 //! /proc/self/maps names "/memfd:crust-wl (deleted)" with rw-s; then the
 //! child writes a marker that the parent must see (`memfd-child-wrote`),
 //! and the parent one the child must see (`memfd-parent-wrote`). With
-//! `hold` the fd must still be the same memfd.
+//! `hold` the fd must still be the same memfd: a pwrite through it is seen
+//! in the mapping. `hold` also keeps a second memfd that nobody maps,
+//! "crust-wl-fd", sealed (F_SEAL_GROW | F_SEAL_SHRINK), with data at fd
+//! HOLD_FD + 1 (offset FD_POS) and a read-only reopening of it at HOLD_FD +
+//! 2 (offset 0): after restore both hold the data and their offsets, flags
+//! and seals, and are one memfd.
 
 use std::path::Path;
 use workloads::{
@@ -23,6 +28,86 @@ const CHILD_MARK: u64 = 0x6368_696c_6421_2121;
 const PARENT_OFF: usize = (1 << 20) + 8;
 const PARENT_MARK: u64 = 0x7061_7265_6e74_2121;
 pub const HOLD_FD: i32 = 33;
+const FD_LEN: usize = 10_000;
+const FD_MARK: u64 = 0x6664_2d77_7269_7465;
+const FD_MARK_OFF: usize = (1 << 20) + 4096;
+const FD_POS: i64 = 1234;
+const FD_SEALS: i32 = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
+const FD_PATH: &str = "/memfd:crust-wl-fd (deleted)";
+
+fn fd_data() -> Vec<u8> {
+    (0..FD_LEN).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// The fd-only memfd, at HOLD_FD + 1 and (read-only) HOLD_FD + 2.
+fn make_fd_memfd() {
+    unsafe {
+        let fd = libc::memfd_create(c"crust-wl-fd".as_ptr(), libc::MFD_ALLOW_SEALING);
+        let data = fd_data();
+        if fd < 0 || libc::write(fd, data.as_ptr().cast(), FD_LEN) != FD_LEN as isize {
+            die("memfd for fds");
+        }
+        if libc::fcntl(fd, libc::F_ADD_SEALS, FD_SEALS) != 0 {
+            die("F_ADD_SEALS");
+        }
+        libc::lseek(fd, FD_POS, libc::SEEK_SET);
+        if libc::dup2(fd, HOLD_FD + 1) != HOLD_FD + 1 {
+            die("dup2 memfd");
+        }
+        libc::close(fd);
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{}", HOLD_FD + 1)).unwrap();
+        let ro = libc::open(path.as_ptr(), libc::O_RDONLY);
+        if ro < 0 || libc::dup2(ro, HOLD_FD + 2) != HOLD_FD + 2 {
+            die("read-only reopening of the memfd");
+        }
+        libc::close(ro);
+    }
+}
+
+fn check_fd_memfd(c: &mut Checker, who: &str) {
+    let (rw, ro) = (HOLD_FD + 1, HOLD_FD + 2);
+    for fd in [rw, ro] {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|e| format!("<{e}>"));
+        c.eq(&format!("{who}: fd {fd}"), FD_PATH.to_string(), link);
+        let mut buf = vec![0u8; FD_LEN];
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), FD_LEN, 0) };
+        c.eq(
+            &format!("{who}: bytes read from fd {fd}"),
+            FD_LEN as isize,
+            n,
+        );
+        c.check(buf == fd_data(), || format!("{who}: data of fd {fd}"));
+    }
+    let at = |fd| unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+    c.eq(&format!("{who}: offset of fd {rw}"), FD_POS, at(rw));
+    c.eq(&format!("{who}: offset of fd {ro}"), 0, at(ro));
+    let acc = |fd| unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_ACCMODE;
+    c.eq(
+        &format!("{who}: access mode of fd {rw}"),
+        libc::O_RDWR,
+        acc(rw),
+    );
+    c.eq(
+        &format!("{who}: access mode of fd {ro}"),
+        libc::O_RDONLY,
+        acc(ro),
+    );
+    let seals = unsafe { libc::fcntl(rw, libc::F_GET_SEALS) };
+    c.eq(&format!("{who}: seals"), FD_SEALS, seals);
+    let ino = |fd| {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        unsafe { libc::fstat(fd, &mut st) };
+        st.st_ino
+    };
+    c.eq(
+        &format!("{who}: fds {rw} and {ro} are one memfd"),
+        ino(rw),
+        ino(ro),
+    );
+}
+
 const PATH: &str = "/memfd:crust-wl (deleted)";
 
 fn check_state(c: &mut Checker, who: &str, m: *mut u8, hold: bool) {
@@ -35,6 +120,7 @@ fn check_state(c: &mut Checker, who: &str, m: *mut u8, hold: bool) {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|e| format!("<{e}>"));
         c.eq(&format!("{who}: fd {HOLD_FD}"), PATH.to_string(), link);
+        check_fd_memfd(c, who);
     }
 }
 
@@ -103,6 +189,9 @@ fn main() {
         if hold && libc::dup2(fd, HOLD_FD) != HOLD_FD {
             die("dup2");
         }
+        if hold {
+            make_fd_memfd();
+        }
         libc::close(fd);
         m as *mut u8
     };
@@ -130,6 +219,18 @@ fn main() {
     check_state(&mut c, "parent after restore", m, hold);
     touch(&dir, "memfd-parent-checked");
     if wait_file(&dir.join("memfd-child-wrote"), 10_000) {
+        if hold {
+            // The fd and the mapping are one memfd still (the child has
+            // checked the pattern by now).
+            let mark = FD_MARK.to_ne_bytes();
+            let n = unsafe { libc::pwrite(HOLD_FD, mark.as_ptr().cast(), 8, FD_MARK_OFF as i64) };
+            c.eq("parent: pwrite through the held fd", 8, n);
+            c.eq(
+                "parent: that write, in the mapping",
+                FD_MARK,
+                read_u64(m, FD_MARK_OFF),
+            );
+        }
         c.eq(
             "parent: the child's marker",
             CHILD_MARK,

@@ -561,6 +561,8 @@ mod tests {
             pipes: Default::default(),
             ghosts: Default::default(),
             ttys: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         }
     }
 

@@ -33,13 +33,18 @@ const FH_MIN_WORDS: usize = 16;
 pub struct Inotify;
 
 /// A kernel `s_dev` (major << 20 | minor) as a userspace dev_t.
-fn user_dev(s_dev: u32) -> u64 {
+pub(super) fn user_dev(s_dev: u32) -> u64 {
     libc::makedev(s_dev >> 20, s_dev & 0xfffff)
 }
 
 /// The path of the inode a handle names, on the device `s_dev`, or why
 /// there is none.
-fn resolve(s_dev: u32, ino: u64, ty: i32, handle: &[u8]) -> std::result::Result<String, String> {
+pub(super) fn resolve(
+    s_dev: u32,
+    ino: u64,
+    ty: i32,
+    handle: &[u8],
+) -> std::result::Result<String, String> {
     let mounts = procfs::read_mountinfo(std::process::id() as i32).map_err(|e| e.to_string())?;
     let (major, minor) = (s_dev >> 20, s_dev & 0xfffff);
     let mut candidates: Vec<_> = mounts
@@ -80,7 +85,7 @@ fn resolve(s_dev: u32, ino: u64, ty: i32, handle: &[u8]) -> std::result::Result<
     Err(why)
 }
 
-fn handle_words(handle: &[u8]) -> Vec<u64> {
+pub(super) fn handle_words(handle: &[u8]) -> Vec<u64> {
     let mut words: Vec<u64> = handle
         .chunks(8)
         .map(|c| {

@@ -5,8 +5,12 @@
 
 mod epoll;
 mod evfd;
+mod fanotify;
 pub mod ghost;
 mod inotify;
+pub mod locks;
+pub mod memfd;
+mod pidfds;
 mod pipe;
 mod reg;
 pub mod tty;
@@ -14,7 +18,7 @@ pub mod tty;
 pub use ghost::DEFAULT_GHOST_LIMIT;
 pub use reg::check_unchanged;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crust_image::pb;
@@ -41,8 +45,14 @@ pub mod fd_type {
     pub const SIGNALFD: i32 = 9;
     /// A terminal.
     pub const TTY: i32 = 11;
+    /// A fanotify group.
+    pub const FANOTIFY: i32 = 12;
     /// A timerfd.
     pub const TIMERFD: i32 = 17;
+    /// A memfd.
+    pub const MEMFD: i32 = 18;
+    /// A pidfd.
+    pub const PIDFD: i32 = 20;
 }
 
 /// One open file of a task as seen from crust: the task's fd, a duplicate
@@ -90,6 +100,8 @@ pub struct FdOptions {
     pub shell_job: bool,
     /// --ghost-limit: the largest deleted file dumped as a ghost file, bytes.
     pub ghost_limit: u64,
+    /// --file-locks: dump the file locks the tasks hold.
+    pub file_locks: bool,
 }
 
 impl Default for FdOptions {
@@ -97,12 +109,14 @@ impl Default for FdOptions {
         FdOptions {
             shell_job: false,
             ghost_limit: DEFAULT_GHOST_LIMIT,
+            file_locks: false,
         }
     }
 }
 
 /// Every kind of file crust handles.
 static KINDS: &[&dyn FileKind] = &[
+    &memfd::Memfd,
     &reg::RegularFile,
     &tty::Pty,
     &reg::ShellTerminal,
@@ -112,6 +126,8 @@ static KINDS: &[&dyn FileKind] = &[
     &evfd::Timerfd,
     &epoll::Epoll,
     &inotify::Inotify,
+    &fanotify::Fanotify,
+    &pidfds::Pidfd,
 ];
 
 /// What the kinds of files share during one dump.
@@ -128,6 +144,10 @@ pub struct DumpCtx<'a> {
     epolls: epoll::DumpState,
     /// The tree's pty pairs.
     ttys: tty::DumpState,
+    /// The memfds met.
+    pub memfds: memfd::DumpState,
+    /// File locks and leases.
+    locks: locks::DumpState,
 }
 
 impl<'a> DumpCtx<'a> {
@@ -140,6 +160,8 @@ impl<'a> DumpCtx<'a> {
             ghosts: ghost::DumpState::default(),
             epolls: epoll::DumpState::default(),
             ttys: tty::DumpState::default(),
+            memfds: memfd::DumpState::default(),
+            locks: locks::DumpState::new(opts.file_locks),
         }
     }
 
@@ -154,6 +176,8 @@ impl<'a> DumpCtx<'a> {
     pub fn finish(self) -> Result<()> {
         pipe::finish_dump(self.pipes, self.dir)?;
         self.ttys.finish(self.dir)?;
+        memfd::finish_dump(self.memfds, self.dir)?;
+        self.locks.finish(self.dir)?;
         ghost::finish_dump(self.ghosts, self.dir)
     }
 }
@@ -172,6 +196,50 @@ pub struct OpenCtx<'a> {
     pub ghosts: ghost::OpenState,
     /// The pty pairs made again.
     pub ttys: tty::OpenState,
+    /// The memfds created, held until the tree has mapped them.
+    pub memfds: memfd::OpenState,
+    /// Every pid and tid of the restored tree (as the images name them).
+    pub tree: HashSet<u32>,
+}
+
+/// What a restored process does itself once its memory and threads are in
+/// place, before its credentials change: take its file locks again and
+/// open its pidfds of the tree's own processes.
+#[derive(Default)]
+pub struct LateFds {
+    locks: Vec<pb::FileLockEntry>,
+    pidfds: Vec<pidfds::InTree>,
+}
+
+/// The [`LateFds`] of each process of `tables` (pid, fd table), from
+/// file-locks.img and the pidfds of `files` that refer to `tree`.
+pub fn plan_late(
+    dir: &ImageDir,
+    files: &HashMap<u32, pb::FileEntry>,
+    tables: &HashMap<u32, &[pb::FdinfoEntry]>,
+    tree: &HashSet<u32>,
+) -> Result<HashMap<u32, LateFds>> {
+    let mut locks = locks::load(dir, |pid, fd| {
+        tables
+            .get(&pid)
+            .is_some_and(|t| t.iter().any(|f| f.fd == fd))
+    })?;
+    let mut out = HashMap::new();
+    for (&pid, table) in tables {
+        let late = LateFds {
+            locks: locks.remove(&pid).unwrap_or_default(),
+            pidfds: pidfds::in_tree(files, table, tree)?,
+        };
+        out.insert(pid, late);
+    }
+    Ok(out)
+}
+
+/// In a restored process (`r` with its scratch area mapped): do what
+/// [`LateFds`] holds.
+pub fn restore_late(r: &crate::remote::Remote, late: &LateFds) -> Result<()> {
+    pidfds::restore_in_tree(r, &late.pidfds)?;
+    locks::restore(r, &late.locks)
 }
 
 /// The files.img being built during a dump: ids and entries, and one
@@ -321,6 +389,7 @@ pub fn dump_fds(
             0
         };
         if let Some(id) = table.known(&f)? {
+            ctx.locks.collect(&f, id)?;
             let t = table.entries[id as usize - 1].r#type;
             out.push(pb::FdinfoEntry {
                 id,
@@ -340,6 +409,7 @@ pub fn dump_fds(
             })?;
         let id = table.next_id();
         let entry = kind.dump(&f, id, ctx)?;
+        ctx.locks.collect(&f, id)?;
         out.push(pb::FdinfoEntry {
             id,
             flags: cloexec,

@@ -710,6 +710,8 @@ mod tests {
             pipes: OpenState::default(),
             ghosts: Default::default(),
             ttys: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         };
         let nr = Pipe.open(&er, &mut octx).unwrap();
         let nw = Pipe.open(&ew, &mut octx).unwrap();
@@ -875,6 +877,8 @@ mod tests {
             pipes: OpenState::default(),
             ghosts: Default::default(),
             ttys: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         };
         let m = Pipe.open(&e, &mut octx).err().unwrap().to_string();
         assert!(m.contains("files.img") && m.contains("9"), "{m}");
@@ -933,6 +937,8 @@ mod tests {
             pipes: OpenState::default(),
             ghosts: Default::default(),
             ttys: Default::default(),
+            memfds: Default::default(),
+            tree: Default::default(),
         };
         octx.pipes.set_reg_entries(&regs);
         let nw = Pipe.open(&crius, &mut octx).unwrap();

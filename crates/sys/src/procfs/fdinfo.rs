@@ -94,6 +94,33 @@ impl FdInfo {
             .collect()
     }
 
+    /// The group of a fanotify fd: `fanotify flags:` and its marks.
+    pub fn fanotify(&self) -> Result<FanotifyInfo, ProcError> {
+        let err = |what: String| ProcError::whole(ProcFile::FdInfo, format!("fanotify: {what}"));
+        let head = self.need("fanotify flags")?;
+        let items = kv_items(head);
+        let flags = items
+            .first()
+            .and_then(|&(k, v)| if v.is_empty() { hex_u32(k) } else { None })
+            .ok_or_else(|| err(format!("bad flags in {head:?}")))?;
+        let event_flags = lookup(&items, "event-flags")
+            .and_then(hex_u32)
+            .ok_or_else(|| err(format!("bad event-flags in {head:?}")))?;
+        let mut marks = Vec::new();
+        for (k, v) in &self.extra {
+            if let Some(first) = k.strip_prefix("fanotify ") {
+                if first != "flags" {
+                    marks.push(parse_fanotify_mark(&format!("fanotify {first}:{v}"))?);
+                }
+            }
+        }
+        Ok(FanotifyInfo {
+            flags,
+            event_flags,
+            marks,
+        })
+    }
+
     /// The watches (`inotify wd:` lines) of an inotify fd.
     pub fn inotify_wds(&self) -> Result<Vec<InotifyWd>, ProcError> {
         self.get_all("inotify wd")
@@ -251,6 +278,98 @@ pub fn parse_epoll_tfd(line: &str) -> Result<EpollTfd, ProcError> {
         sdev: opt("sdev", hex_u64)?
             .map(|d| u32::try_from(d).map_err(|_| bad("sdev", "out of range")))
             .transpose()?,
+    })
+}
+
+/// A fanotify group, from its fdinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanotifyInfo {
+    /// The fanotify_init flags (FAN_CLASS_*, FAN_REPORT_*, ...).
+    pub flags: u32,
+    /// The fanotify_init event_f_flags (O_RDONLY, O_LARGEFILE, ...).
+    pub event_flags: u32,
+    /// Its marks.
+    pub marks: Vec<FanotifyMark>,
+}
+
+/// What a fanotify mark is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanotifyTarget {
+    /// An inode, with its file handle.
+    Inode {
+        /// The inode number.
+        ino: u64,
+        /// Its device (kernel s_dev encoding).
+        sdev: u32,
+        /// The file handle type.
+        fhandle_type: i32,
+        /// The file handle bytes.
+        f_handle: Vec<u8>,
+    },
+    /// A mount, by mount id.
+    Mount {
+        /// The mount id (as in mountinfo).
+        mnt_id: u32,
+    },
+    /// A whole filesystem (FAN_MARK_FILESYSTEM).
+    Filesystem {
+        /// Its device (kernel s_dev encoding).
+        sdev: u32,
+    },
+}
+
+/// One mark line of a fanotify fd's fdinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanotifyMark {
+    /// What the mark is on.
+    pub target: FanotifyTarget,
+    /// The mark's flags (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, ...).
+    pub mflags: u32,
+    /// The event mask.
+    pub mask: u32,
+    /// The ignored mask.
+    pub ignored_mask: u32,
+}
+
+/// Parses one fanotify mark line: `fanotify ino:4f969 sdev:800013 mflags:0
+/// mask:3b ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:...`,
+/// `fanotify mnt_id:3e mflags:0 mask:3b ignored_mask:0` or `fanotify
+/// sdev:800013 mflags:0 mask:3b ignored_mask:0` (every number is hex).
+pub fn parse_fanotify_mark(line: &str) -> Result<FanotifyMark, ProcError> {
+    let err = |what: String| ProcError::whole(ProcFile::FdInfo, format!("fanotify mark: {what}"));
+    let items = kv_items(line);
+    if items.first().map(|&(k, _)| k) != Some("fanotify") {
+        return Err(err(format!("does not start with \"fanotify\": {line:?}")));
+    }
+    let hex32 = |k: &str| -> Result<u32, ProcError> {
+        let v = lookup(&items, k).ok_or_else(|| err(format!("{k} missing in {line:?}")))?;
+        hex_u32(v).ok_or_else(|| err(format!("{k}: bad value {v:?}")))
+    };
+    let target = if let Some(ino) = lookup(&items, "ino") {
+        let ino = hex_u64(ino).ok_or_else(|| err(format!("ino: bad value {ino:?}")))?;
+        let h =
+            lookup(&items, "f_handle").ok_or_else(|| err(format!("no f_handle in {line:?}")))?;
+        let f_handle = hex_bytes(h).ok_or_else(|| err(format!("f_handle: bad value {h:?}")))?;
+        FanotifyTarget::Inode {
+            ino,
+            sdev: hex32("sdev")?,
+            fhandle_type: hex32("fhandle-type")? as i32,
+            f_handle,
+        }
+    } else if lookup(&items, "mnt_id").is_some() {
+        FanotifyTarget::Mount {
+            mnt_id: hex32("mnt_id")?,
+        }
+    } else {
+        FanotifyTarget::Filesystem {
+            sdev: hex32("sdev")?,
+        }
+    };
+    Ok(FanotifyMark {
+        target,
+        mflags: hex32("mflags")?,
+        mask: hex32("mask")?,
+        ignored_mask: hex32("ignored_mask")?,
     })
 }
 

@@ -15,6 +15,7 @@
 mod auxv;
 mod fdinfo;
 mod limits;
+mod locks;
 mod maps;
 mod misc;
 mod mountinfo;
@@ -27,10 +28,11 @@ mod tests;
 
 pub use auxv::parse_auxv;
 pub use fdinfo::{
-    parse_epoll_tfd, parse_fdinfo, parse_inotify_wd, EpollTfd, EventfdInfo, FdInfo, InotifyWd,
-    TimerfdInfo,
+    parse_epoll_tfd, parse_fanotify_mark, parse_fdinfo, parse_inotify_wd, EpollTfd, EventfdInfo,
+    FanotifyInfo, FanotifyMark, FanotifyTarget, FdInfo, InotifyWd, TimerfdInfo,
 };
 pub use limits::{parse_limits, resource_of_row, Rlimit, RLIM_INFINITY};
+pub use locks::{parse_lock_line, LockKind, LockLine};
 pub use maps::{parse_maps, parse_smaps, VmFlags, Vma, VmaPath};
 pub use misc::{parse_personality, parse_timer_slack, parse_timers, PosixTimer, TimerNotify};
 pub use mountinfo::{parse_mountinfo, unescape_octal, MountInfo, OptionalField};
@@ -69,6 +71,8 @@ pub enum ProcFile {
     Timers,
     /// `/proc/TID/timerslack_ns`.
     TimerSlack,
+    /// `/proc/locks` (and the `lock:` lines of fdinfo).
+    Locks,
 }
 
 impl ProcFile {
@@ -87,6 +91,7 @@ impl ProcFile {
             ProcFile::Personality => "/proc/PID/personality",
             ProcFile::Timers => "/proc/PID/timers",
             ProcFile::TimerSlack => "/proc/TID/timerslack_ns",
+            ProcFile::Locks => "/proc/locks",
         }
     }
 }

@@ -341,6 +341,7 @@ fn procfs_robust_fdinfo_mountinfo_misc() {
             if let Ok(fi) = parse_fdinfo(&String::from_utf8_lossy(b)) {
                 let _ = fi.epoll_tfds();
                 let _ = fi.inotify_wds();
+                let _ = fi.fanotify();
             }
         });
     }
@@ -355,6 +356,18 @@ fn procfs_robust_fdinfo_mountinfo_misc() {
         b"inotify wd:1 ino:3c4a7 sdev:fe00000 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a7c4030000000000",
         21,
         &text(parse_inotify_wd),
+    );
+    hammer(
+        "parse_fanotify_mark",
+        b"fanotify ino:994163 sdev:fe00000 mflags:40 mask:0 ignored_mask:1 fhandle-bytes:8 fhandle-type:1 f_handle:63419900b57362bc",
+        24,
+        &text(parse_fanotify_mark),
+    );
+    hammer(
+        "parse_lock_line",
+        b"1: POSIX  ADVISORY  WRITE 11350 fe:00:10027379 10 19",
+        25,
+        &text(parse_lock_line),
     );
     hammer(
         "parse_mountinfo",
@@ -399,4 +412,41 @@ fn procfs_robust_binary() {
     hammer("parse_pagemap", &pm, 31, &|b| {
         let _ = parse_pagemap(b);
     });
+}
+
+#[test]
+fn fanotify_fdinfo() {
+    let text = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\n\
+        fanotify flags:102 event-flags:8000\n\
+        fanotify sdev:fe00000 mflags:0 mask:2 ignored_mask:0\n\
+        fanotify ino:994163 sdev:fe00000 mflags:40 mask:0 ignored_mask:1 fhandle-bytes:8 fhandle-type:1 f_handle:63419900b57362bc\n\
+        fanotify mnt_id:1b mflags:0 mask:1 ignored_mask:0\n";
+    let info = parse_fdinfo(text).unwrap().fanotify().unwrap();
+    assert_eq!((info.flags, info.event_flags), (0x102, 0x8000));
+    assert_eq!(info.marks.len(), 3);
+    assert_eq!(
+        info.marks[0].target,
+        FanotifyTarget::Filesystem { sdev: 0xfe00000 }
+    );
+    assert_eq!(
+        info.marks[1].target,
+        FanotifyTarget::Inode {
+            ino: 0x994163,
+            sdev: 0xfe00000,
+            fhandle_type: 1,
+            f_handle: vec![0x63, 0x41, 0x99, 0x00, 0xb5, 0x73, 0x62, 0xbc],
+        }
+    );
+    assert_eq!(
+        (info.marks[1].mflags, info.marks[1].ignored_mask),
+        (0x40, 1)
+    );
+    assert_eq!(info.marks[2].target, FanotifyTarget::Mount { mnt_id: 0x1b });
+    for bad in [
+        "fanotify ino:zz sdev:0 mflags:0 mask:0 ignored_mask:0 fhandle-type:1 f_handle:00",
+        "fanotify mnt_id:1b mask:1 ignored_mask:0",
+        "inotify wd:1",
+    ] {
+        assert!(parse_fanotify_mark(bad).is_err(), "{bad:?}");
+    }
 }
