@@ -255,37 +255,60 @@ pub fn check_manifest(dir: &Path) -> Result<ManifestCheck> {
         Err(e) => return Err(ImageError::io(label, e).into()),
     };
     let manifest = Manifest::parse(&text, &label)?;
-    let mut todo: Vec<(&String, &FileSum)> = manifest.files.iter().collect();
+    let mut todo: Vec<(PathBuf, FileSum)> = manifest
+        .files
+        .iter()
+        .map(|(name, sum)| (dir.join(name), *sum))
+        .collect();
     todo.sort_by_key(|(_, s)| std::cmp::Reverse(s.size));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let found = Mutex::new(Vec::new());
-    let bytes = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..2 {
-            scope.spawn(|| loop {
+    let todo = std::sync::Arc::new(todo);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let work = {
+        let (todo, next) = (todo.clone(), next.clone());
+        move || {
+            let mut bytes = 0u64;
+            let mut problems = Vec::new();
+            loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((name, want)) = todo.get(i) else {
+                let Some((file, want)) = todo.get(i) else {
                     break;
                 };
-                let file = dir.join(name);
-                let what = match check_one(&file, want) {
-                    Ok(n) => {
-                        bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(what) => what,
-                };
-                found.lock().expect("problems").push(Problem { file, what });
-            });
+                match check_one(file, want) {
+                    Ok(n) => bytes += n,
+                    Err(what) => problems.push(Problem {
+                        file: file.clone(),
+                        what,
+                    }),
+                }
+            }
+            (bytes, problems)
         }
-    });
-    let mut problems = found.into_inner().expect("problems");
+    };
+    // A helper thread shares the reading; it is joined and gone before the
+    // restore forks (which needs crust single-threaded).
+    let helper = std::thread::spawn(work.clone());
+    let (mine, mut problems) = work();
+    let (theirs, more) = helper.join().expect("manifest check thread panicked");
+    problems.extend(more);
+    wait_single_threaded();
+    let bytes = mine + theirs;
     problems.sort_by(|a, b| a.file.cmp(&b.file));
     Ok(ManifestCheck::Checked {
         files: manifest.files.len(),
-        bytes: bytes.into_inner(),
+        bytes,
         problems,
     })
+}
+
+/// Wait (up to a second) until a joined thread has left the kernel's
+/// thread list too: the join returns when it has finished, slightly before.
+fn wait_single_threaded() {
+    let t = std::time::Instant::now();
+    while std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() > 1)
+        && t.elapsed() < std::time::Duration::from_secs(1)
+    {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
 }
 
 /// Check one file against its manifest line; the bytes read, or what is wrong.
