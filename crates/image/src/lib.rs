@@ -45,11 +45,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 pub use error::ImageError;
 pub use framing::{
-    decode_entries, read_entries, read_file, read_pagemap, read_pipes_data, read_single,
-    write_entries, ImageReader, ImageWriter, MAX_ENTRY_SIZE,
+    decode_entries, decode_pagemap, decode_pipes_data, read_entries, read_file, read_pagemap,
+    read_pipes_data, read_single, write_entries, ImageReader, ImageWriter, MAX_ENTRY_SIZE,
 };
 pub use kind::{names, ImageKind};
 pub use show::{descriptor_pool, show, show_bytes};
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;
