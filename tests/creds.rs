@@ -152,6 +152,7 @@ fn spoil_creds(dir: &Path, pid: i32, f: impl FnOnce(&mut pb::CredsEntry)) {
         .as_mut()
         .unwrap());
     crust_image::write_entries(&dir.join(&name), ImageKind::Core, &cores).unwrap();
+    forget_manifest(dir);
 }
 
 /// A change that makes credentials impossible to restore.
@@ -213,12 +214,14 @@ fn bad_seccomp_images_refused() {
     let saved = cores.clone();
     cores[0].thread_core.as_mut().unwrap().seccomp_filter = Some(99);
     crust_image::write_entries(&dir.join(&core), ImageKind::Core, &cores).unwrap();
+    forget_manifest(&dir);
     crust(&["restore", "-D", s(&dir), "-d"])
         .fails()
         .stderr_names(&[&core, "seccomp filter 99"]);
     assert_pid_free(w.pid);
     // Filters named by the cores, but no seccomp.img.
     crust_image::write_entries(&dir.join(&core), ImageKind::Core, &saved).unwrap();
+    forget_manifest(&dir);
     fs::remove_file(dir.join(names::SECCOMP)).unwrap();
     crust(&["restore", "-D", s(&dir), "-d"])
         .fails()

@@ -155,6 +155,7 @@ fn epoll_entry_naming_a_missing_fd_is_a_bad_image() {
     ep.tfd[0].tfd = 999;
     ep.tfd[0].crust_target_id = Some(9999);
     write_entries(&path, ImageKind::Files, &files).unwrap();
+    forget_manifest(path.parent().unwrap());
     restore(&w, &img, &["-d"])
         .fails()
         .stderr_names(&["fdinfo-", ".img", "epoll", "fd 999"]);

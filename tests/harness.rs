@@ -929,8 +929,19 @@ pub fn image_file(dir: &Path, prefix: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no {prefix}*.img in {}", dir.display()))
 }
 
-/// Apply `how` to `file`.
+/// Remove the checksum manifest of the dump in `dir`, after a test edited
+/// its images on purpose: restore then reads them unverified (as a CRIU
+/// dump), so the edit reaches the check the test is about instead of
+/// being caught by the checksums (tests/integrity.rs tests those).
+pub fn forget_manifest(dir: &Path) {
+    let _ = fs::remove_file(dir.join("crust-manifest.txt"));
+}
+
+/// Apply `how` to `file` (and forget the manifest of its folder).
 pub fn corrupt(file: &Path, how: Corruption) {
+    if let Some(dir) = file.parent() {
+        forget_manifest(dir);
+    }
     let name = file.file_name().unwrap().to_str().unwrap();
     match how {
         Corruption::Missing => fs::remove_file(file).unwrap(),

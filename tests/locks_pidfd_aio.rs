@@ -94,6 +94,7 @@ fn lock_on_a_missing_fd_is_a_bad_image() {
     let mut locks: Vec<pb::FileLockEntry> = read_entries(&path, ImageKind::FileLocks).unwrap();
     locks[0].fd = 99;
     write_entries(&path, ImageKind::FileLocks, &locks).unwrap();
+    forget_manifest(path.parent().unwrap());
     restore(&w, &img, &["-d"])
         .fails()
         .stderr_names(&["file-locks.img", "fd 99"]);
@@ -257,6 +258,7 @@ fn pidfd_entry_with_an_invalid_pid_is_a_bad_image() {
         .expect("a pidfd entry");
     p.nspid = -7;
     write_entries(&path, ImageKind::Files, &files).unwrap();
+    forget_manifest(path.parent().unwrap());
     restore(&w, &img, &["-d"])
         .fails()
         .stderr_names(&["files.img", "pidfd", "-7"]);

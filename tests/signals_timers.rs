@@ -78,6 +78,7 @@ fn malformed_siginfo() {
     let q = core.tc.as_mut().unwrap().signals_s.as_mut().unwrap();
     q.signals[1].siginfo.truncate(100);
     crust_image::write_entries(&path, ImageKind::Core, &[core]).unwrap();
+    forget_manifest(path.parent().unwrap());
     let name = path.file_name().unwrap().to_str().unwrap().to_string();
     restore(&w, &dir, &[])
         .fails()

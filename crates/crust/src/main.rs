@@ -80,8 +80,22 @@ enum Command {
         /// --file-locks saved are always taken again.
         #[arg(short = 'l', long = "file-locks")]
         file_locks: bool,
+        /// Refuse images without crust's checksum manifest (by default
+        /// they are restored unverified, with a warning: CRIU writes none).
+        #[arg(long = "strict-images")]
+        strict_images: bool,
         #[command(flatten)]
         log: LogArgs,
+    },
+    /// Verify a dump offline: every file against the checksum manifest,
+    /// every image decoded.
+    CheckImages {
+        /// Folder with the images.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        images_dir: PathBuf,
+        /// Fail when the folder has no checksum manifest.
+        #[arg(long = "strict-images")]
+        strict_images: bool,
     },
     /// Decode image files to JSON (like crit show).
     Show {
@@ -181,6 +195,7 @@ fn run(cli: Cli) -> Result<i32> {
             shell_job,
             new_pid_ns,
             file_locks: _,
+            strict_images,
             log,
         } => {
             init_log(&log, Some(&images_dir))?;
@@ -188,6 +203,7 @@ fn run(cli: Cli) -> Result<i32> {
                 images_dir,
                 shell_job,
                 new_pid_ns,
+                strict_images,
             })?;
             if let Some(p) = pidfile {
                 std::fs::write(&p, format!("{}\n", restored.root))
@@ -198,6 +214,10 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(crust_engine::wait_for(restored.child)?)
         }
+        Command::CheckImages {
+            images_dir,
+            strict_images,
+        } => check_images(&images_dir, strict_images),
         Command::Show { files } => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -212,6 +232,39 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+/// `crust check-images`: print what was checked and every problem; exit
+/// 1 if there is any (or, with `strict`, if there is no manifest).
+fn check_images(dir: &Path, strict: bool) -> Result<i32> {
+    use crust_engine::images::ManifestCheck;
+    let report = crust_engine::images::check_images(dir)?;
+    let mut failed = !report.problems.is_empty();
+    match &report.manifest {
+        ManifestCheck::Absent => {
+            let what = if strict { "error" } else { "warning" };
+            eprintln!(
+                "{what}: {} has no {} (not written by crust?): checksums not verified",
+                dir.display(),
+                crust_image::manifest::MANIFEST
+            );
+            failed |= strict;
+        }
+        ManifestCheck::Checked { files, bytes, .. } => {
+            println!("manifest: {files} files, {bytes} bytes checked");
+        }
+    }
+    println!("decoded: {} images", report.decoded);
+    for p in &report.problems {
+        eprintln!("error: {p}");
+    }
+    if failed {
+        eprintln!("{}: the images are NOT fit to restore", dir.display());
+        Ok(1)
+    } else {
+        println!("{}: images OK", dir.display());
+        Ok(0)
     }
 }
 

@@ -252,9 +252,13 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
                     .expect("a set of buffers per mover");
                 let read = mm_dump.read_pages(pid, &file, &out.path, &mut mine);
                 bufs.lock().expect("page buffers").push(mine);
-                read?;
+                let sum = read?;
                 file.finish(need)
                     .ctx(|| format!("writing {}", out.path.display()))?;
+                // Without a sum of every byte, commit reads the file back.
+                if let Some(sum) = sum.filter(|s| s.size == need) {
+                    dir.record_sum(&out.path, sum);
+                }
                 memdump_us.fetch_add(us(t_mem), Ordering::Relaxed);
                 Ok(())
             }));
@@ -322,19 +326,15 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
             restore: None,
         }],
     )?;
-    // The inventory goes last: without it, a folder is not an image set.
-    dir.write(
-        names::INVENTORY,
-        ImageKind::Inventory,
-        &[pb::InventoryEntry {
-            img_version: IMG_VERSION,
-            fdinfo_per_id: Some(true),
-            root_ids,
-            ns_per_id: Some(true),
-            ..Default::default()
-        }],
-    )?;
-    dir.sync()?;
+    // The inventory and the manifest go last: without them, a folder is
+    // not an image set.
+    dir.commit(&pb::InventoryEntry {
+        img_version: IMG_VERSION,
+        fdinfo_per_id: Some(true),
+        root_ids,
+        ns_per_id: Some(true),
+        ..Default::default()
+    })?;
     let how = if opts.leave_stopped {
         Release::Stop
     } else if opts.leave_running {

@@ -1,28 +1,38 @@
-//! The image directory: writing image files durably, reading them with
-//! errors that name the file.
+//! The image directory: writing image files durably, with a manifest of
+//! their checksums that marks the dump complete; reading them with errors
+//! that name the file; verifying a folder against its manifest.
 
-use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use crust_image::{pb, ImageError, ImageKind, ImageWriter};
+use crust_image::manifest::{FileSum, HashingWriter, Manifest, MANIFEST};
+use crust_image::{names, pb, ImageError, ImageKind, ImageWriter};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// A folder of image files, remembering which files it wrote so that a
-/// failed dump can take them away again.
+/// A folder of image files, remembering which files it wrote (so that a
+/// failed dump can take them away again) and their checksums, for the
+/// manifest.
 pub struct ImageDir {
     path: PathBuf,
-    written: RefCell<Vec<PathBuf>>,
+    written: Mutex<Vec<PathBuf>>,
+    sums: Mutex<BTreeMap<String, FileSum>>,
 }
+
+/// The suffix of a file written under a temporary name, renamed into
+/// place once complete.
+const PARTIAL: &str = ".partial";
 
 impl ImageDir {
     /// The image folder at `path`.
     pub fn new(path: &Path) -> Self {
         ImageDir {
             path: path.to_path_buf(),
-            written: RefCell::new(Vec::new()),
+            written: Mutex::new(Vec::new()),
+            sums: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -35,13 +45,25 @@ impl ImageDir {
     /// [`ImageDir::discard`] removes it.
     pub fn create(&self, name: &str) -> PathBuf {
         let p = self.file(name);
-        self.written.borrow_mut().push(p.clone());
+        self.written.lock().expect("image list").push(p.clone());
         p
+    }
+
+    /// Record the size and checksum of `path` (a file of this folder),
+    /// computed while it was written, for the manifest. Files written
+    /// without one are read back when the dump is committed.
+    pub fn record_sum(&self, path: &Path, sum: FileSum) {
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            self.sums
+                .lock()
+                .expect("image sums")
+                .insert(name.to_string(), sum);
+        }
     }
 
     /// Remove every file this dump created (after a failure).
     pub fn discard(&self) {
-        for p in self.written.borrow_mut().drain(..) {
+        for p in self.written.lock().expect("image list").drain(..) {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -53,17 +75,12 @@ impl ImageDir {
         kind: ImageKind,
         entries: &[M],
     ) -> Result<()> {
-        let path = self.create(name);
-        let io = |e| ImageError::io(path.display().to_string(), e);
-        let f = File::create(&path).map_err(io)?;
-        let mut w = ImageWriter::new(BufWriter::new(f), kind).map_err(io)?;
-        for e in entries {
-            w.write_entry(e).map_err(io)?;
-        }
-        let buf = w.finish().map_err(io)?;
-        let f = buf.into_inner().map_err(|e| io(e.into_error()))?;
-        f.sync_all().map_err(io)?;
-        Ok(())
+        self.write_with(name, kind, |w| {
+            for e in entries {
+                w.write_entry(e)?;
+            }
+            Ok(())
+        })
     }
 
     /// Write a pagemap image: its head naming page image `pages_id`, then
@@ -74,21 +91,87 @@ impl ImageDir {
         pages_id: u32,
         entries: &[pb::PagemapEntry],
     ) -> Result<()> {
+        self.write_with(name, ImageKind::Pagemap, |w| {
+            w.write_entry(&pb::PagemapHead { pages_id })?;
+            for e in entries {
+                w.write_entry(e)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Create image `name`, let `fill` write its entries, fsync it and
+    /// record its checksum.
+    fn write_with(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        fill: impl FnOnce(&mut ImageWriter<BufWriter<HashingWriter<File>>>) -> std::io::Result<()>,
+    ) -> Result<()> {
         let path = self.create(name);
         let io = |e| ImageError::io(path.display().to_string(), e);
         let f = File::create(&path).map_err(io)?;
-        let mut w = ImageWriter::new(BufWriter::new(f), ImageKind::Pagemap).map_err(io)?;
-        w.write_entry(&pb::PagemapHead { pages_id }).map_err(io)?;
-        for e in entries {
-            w.write_entry(e).map_err(io)?;
-        }
-        let f = w
+        let mut w = ImageWriter::new(BufWriter::new(HashingWriter::new(f)), kind).map_err(io)?;
+        fill(&mut w).map_err(io)?;
+        let hashed = w
             .finish()
             .map_err(io)?
             .into_inner()
             .map_err(|e| io(e.into_error()))?;
-        f.sync_all().map_err(io)?;
+        hashed.get_ref().sync_all().map_err(io)?;
+        self.record_sum(&path, hashed.sum());
         Ok(())
+    }
+
+    /// Finish a dump: write `inventory` and the manifest (the checksum of
+    /// every file this dump wrote) under temporary names, fsync them and
+    /// the folder, then rename the manifest and the inventory into place.
+    /// Until both names exist the folder is not a complete image set: a
+    /// restore refuses a folder without inventory, and a crust folder
+    /// (one with a manifest) whose files do not match it.
+    pub fn commit(&self, inventory: &pb::InventoryEntry) -> Result<()> {
+        let inv_tmp = format!("{}{PARTIAL}", names::INVENTORY);
+        self.write(
+            &inv_tmp,
+            ImageKind::Inventory,
+            std::slice::from_ref(inventory),
+        )?;
+        let mut sums = std::mem::take(&mut *self.sums.lock().expect("image sums"));
+        if let Some(s) = sums.remove(&inv_tmp) {
+            sums.insert(names::INVENTORY.to_string(), s);
+        }
+        let written: Vec<PathBuf> = self.written.lock().expect("image list").clone();
+        let mut reread = 0u64;
+        for p in &written {
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name == inv_tmp || sums.contains_key(name) {
+                continue;
+            }
+            // Removed again by the dump (a process that vanished).
+            if !p.exists() {
+                continue;
+            }
+            let sum = sum_file(p).map_err(|e| ImageError::io(p.display().to_string(), e))?;
+            reread += sum.size;
+            sums.insert(name.to_string(), sum);
+        }
+        tracing::debug!(files = sums.len(), reread, "manifest computed");
+        let manifest = Manifest { files: sums };
+        let man_tmp = self.create(&format!("{MANIFEST}{PARTIAL}"));
+        let io = |p: &Path, e| ImageError::io(p.display().to_string(), e);
+        let mut f = File::create(&man_tmp).map_err(|e| io(&man_tmp, e))?;
+        f.write_all(manifest.to_text().as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io(&man_tmp, e))?;
+        drop(f);
+        self.sync()?;
+        let man = self.create(MANIFEST);
+        std::fs::rename(&man_tmp, &man).map_err(|e| io(&man, e))?;
+        let inv = self.create(names::INVENTORY);
+        std::fs::rename(self.file(&inv_tmp), &inv).map_err(|e| io(&inv, e))?;
+        self.sync()
     }
 
     /// Read every entry of image `name`.
@@ -109,4 +192,270 @@ impl ImageDir {
             .map_err(|e| ImageError::io(self.path.display().to_string(), e))?;
         Ok(())
     }
+}
+
+/// The size and checksum of the file at `path`, read in large blocks.
+pub fn sum_file(path: &Path) -> std::io::Result<FileSum> {
+    let mut f = File::open(path)?;
+    let mut sum = crust_image::manifest::Checksum::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sum.update(&buf[..n]);
+    }
+    Ok(sum.finish())
+}
+
+/// One thing wrong with a file of an images dir.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong with it (missing, size, checksum).
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.what)
+    }
+}
+
+/// What checking a folder against its manifest found.
+#[derive(Debug)]
+pub enum ManifestCheck {
+    /// The folder has no manifest (written by CRIU, or an old crust).
+    Absent,
+    /// Every file of the manifest was checked.
+    Checked {
+        /// How many files the manifest lists.
+        files: usize,
+        /// How many bytes were read to check them.
+        bytes: u64,
+        /// What does not match (empty when all is well).
+        problems: Vec<Problem>,
+    },
+}
+
+/// Check every file listed in the manifest of `dir`: present, of the
+/// recorded size, with the recorded checksum. Files are read on two
+/// threads, the largest first. A manifest that cannot be read or parsed
+/// is an error naming it.
+pub fn check_manifest(dir: &Path) -> Result<ManifestCheck> {
+    let path = dir.join(MANIFEST);
+    let label = path.display().to_string();
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ManifestCheck::Absent),
+        Err(e) => return Err(ImageError::io(label, e).into()),
+    };
+    let manifest = Manifest::parse(&text, &label)?;
+    let mut todo: Vec<(PathBuf, FileSum)> = manifest
+        .files
+        .iter()
+        .map(|(name, sum)| (dir.join(name), *sum))
+        .collect();
+    todo.sort_by_key(|(_, s)| std::cmp::Reverse(s.size));
+    let todo = std::sync::Arc::new(todo);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let work = {
+        let (todo, next) = (todo.clone(), next.clone());
+        move || {
+            let mut bytes = 0u64;
+            let mut problems = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((file, want)) = todo.get(i) else {
+                    break;
+                };
+                match check_one(file, want) {
+                    Ok(n) => bytes += n,
+                    Err(what) => problems.push(Problem {
+                        file: file.clone(),
+                        what,
+                    }),
+                }
+            }
+            (bytes, problems)
+        }
+    };
+    // A helper thread shares the reading; it is joined and gone before the
+    // restore forks (which needs crust single-threaded).
+    let helper = std::thread::spawn(work.clone());
+    let (mine, mut problems) = work();
+    let (theirs, more) = helper.join().expect("manifest check thread panicked");
+    problems.extend(more);
+    wait_single_threaded();
+    let bytes = mine + theirs;
+    problems.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(ManifestCheck::Checked {
+        files: manifest.files.len(),
+        bytes,
+        problems,
+    })
+}
+
+/// Wait (up to a second) until a joined thread has left the kernel's
+/// thread list too: the join returns when it has finished, slightly before.
+fn wait_single_threaded() {
+    let t = std::time::Instant::now();
+    while std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() > 1)
+        && t.elapsed() < std::time::Duration::from_secs(1)
+    {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// Check one file against its manifest line; the bytes read, or what is wrong.
+fn check_one(file: &Path, want: &FileSum) -> std::result::Result<u64, String> {
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("missing (listed in the manifest)".into())
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if meta.len() != want.size {
+        return Err(format!(
+            "size is {} bytes, the manifest says {}",
+            meta.len(),
+            want.size
+        ));
+    }
+    let got = sum_file(file).map_err(|e| e.to_string())?;
+    if got.size != want.size {
+        return Err(format!(
+            "size is {} bytes, the manifest says {}",
+            got.size, want.size
+        ));
+    }
+    if got.xxh3 != want.xxh3 {
+        return Err(format!(
+            "checksum mismatch: contents hash to {:016x}, the manifest says {:016x}",
+            got.xxh3, want.xxh3
+        ));
+    }
+    Ok(got.size)
+}
+
+/// Before a restore touches any process: check `dir` against its
+/// manifest. A folder without one (a CRIU dump) is restored with a
+/// warning, unless `strict`.
+pub fn verify_for_restore(dir: &Path, strict: bool) -> Result<()> {
+    let t = std::time::Instant::now();
+    match check_manifest(dir)? {
+        ManifestCheck::Absent if strict => Err(Error::BadImage {
+            file: dir.join(MANIFEST).display().to_string(),
+            what: "missing: the images cannot be verified (--strict-images)".into(),
+        }),
+        ManifestCheck::Absent => {
+            tracing::warn!(
+                "{} has no {MANIFEST} (not written by crust?): restoring without verifying checksums",
+                dir.display()
+            );
+            Ok(())
+        }
+        ManifestCheck::Checked {
+            files,
+            bytes,
+            problems,
+        } => match problems.split_first() {
+            None => {
+                tracing::info!(
+                    files,
+                    bytes,
+                    ms = t.elapsed().as_millis() as u64,
+                    "images verified against the manifest"
+                );
+                Ok(())
+            }
+            Some((first, rest)) => Err(Error::BadImage {
+                file: first.file.display().to_string(),
+                what: if rest.is_empty() {
+                    first.what.clone()
+                } else {
+                    format!(
+                        "{} (and {} more: {})",
+                        first.what,
+                        rest.len(),
+                        rest.iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                },
+            }),
+        },
+    }
+}
+
+/// What `crust check-images` found in a folder.
+#[derive(Debug)]
+pub struct ImagesReport {
+    /// The manifest check.
+    pub manifest: ManifestCheck,
+    /// How many `*.img` files were decoded.
+    pub decoded: usize,
+    /// Every problem: manifest mismatches, then images that do not decode.
+    pub problems: Vec<Problem>,
+}
+
+/// Check a dump offline: every file against the manifest, and every image
+/// (all `*.img` but raw `pages-*.img`) decoded entry by entry, as
+/// `crust show` does. A missing inventory is a problem too.
+pub fn check_images(dir: &Path) -> Result<ImagesReport> {
+    let shown = dir.display().to_string();
+    if !dir.is_dir() {
+        return Err(Error::Sys {
+            what: format!("reading the images dir {shown}"),
+            err: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        });
+    }
+    let manifest = check_manifest(dir)?;
+    let mut problems = match &manifest {
+        ManifestCheck::Checked { problems, .. } => problems.clone(),
+        ManifestCheck::Absent => Vec::new(),
+    };
+    let mut imgs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ImageError::io(shown.clone(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".img") && !n.starts_with("pages-"))
+        })
+        .collect();
+    imgs.sort();
+    let inventory = dir.join(names::INVENTORY);
+    if !imgs.contains(&inventory) {
+        problems.push(Problem {
+            file: inventory,
+            what: "missing: not a complete image set".into(),
+        });
+    }
+    let mut decoded = 0;
+    for img in &imgs {
+        match crust_image::show(img) {
+            Ok(_) => decoded += 1,
+            Err(e) => {
+                let full = e.to_string();
+                let prefix = format!("{}: ", img.display());
+                let what = full.strip_prefix(&prefix).unwrap_or(&full).to_string();
+                problems.push(Problem {
+                    file: img.clone(),
+                    what,
+                });
+            }
+        }
+    }
+    Ok(ImagesReport {
+        manifest,
+        decoded,
+        problems,
+    })
 }

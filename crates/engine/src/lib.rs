@@ -114,7 +114,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 }
 
 /// Create the images dir if needed, check it is a writable directory, and
-/// remove an old inventory so that a new, partial dump never looks whole.
+/// remove an old inventory and manifest so that a new, partial dump never
+/// looks whole.
 fn prepare_images_dir(path: &std::path::Path) -> Result<()> {
     let shown = path.display();
     if path.exists() && !path.is_dir() {
@@ -126,10 +127,11 @@ fn prepare_images_dir(path: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(path).ctx(|| format!("creating the images dir {shown}"))?;
     nix::unistd::access(path, nix::unistd::AccessFlags::W_OK)
         .ctx(|| format!("writing into the images dir {shown}"))?;
-    let inventory = path.join(names::INVENTORY);
-    if inventory.exists() {
-        std::fs::remove_file(&inventory)
-            .ctx(|| format!("removing the old {}", inventory.display()))?;
+    for name in [names::INVENTORY, crust_image::manifest::MANIFEST] {
+        let old = path.join(name);
+        if old.exists() {
+            std::fs::remove_file(&old).ctx(|| format!("removing the old {}", old.display()))?;
+        }
     }
     Ok(())
 }
@@ -144,6 +146,9 @@ pub struct RestoreOptions {
     /// Restore the tree inside a new pid namespace (with its dumped pids
     /// there), under a small init that reaps orphans.
     pub new_pid_ns: bool,
+    /// Refuse images without a crust manifest (by default they are
+    /// restored unverified, with a warning: CRIU writes none).
+    pub strict_images: bool,
 }
 
 /// A restored tree, as crust sees it.
@@ -157,8 +162,11 @@ pub struct Restored {
 }
 
 /// Restore the tree in `opts.images_dir`. The tree runs when this returns.
+/// The images are checked against their manifest first, before any
+/// process is touched.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     check_privileges()?;
+    images::verify_for_restore(&opts.images_dir, opts.strict_images)?;
     restore::restore(opts)
 }
 

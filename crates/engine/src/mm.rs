@@ -416,7 +416,7 @@ impl MmDump {
         out: &PageFile,
         path: &Path,
         bufs: &mut PageBuffers,
-    ) -> Result<()> {
+    ) -> Result<Option<crust_image::manifest::FileSum>> {
         use std::sync::mpsc::sync_channel;
         let ranges = split_runs(&self.runs);
         let (full_tx, full_rx) = sync_channel::<(u64, Vec<u8>, usize)>(PageBuffers::COUNT);
@@ -425,14 +425,21 @@ impl MmDump {
             empty_tx.send(b).expect("channel has room");
         }
         std::thread::scope(|s| {
-            let writer = s.spawn(move || -> Result<()> {
+            let writer = s.spawn(move || -> Result<Option<crust_image::manifest::FileSum>> {
+                // The checksum for the manifest, computed as the pages go
+                // out, in file order (None if they ever came out of order).
+                let mut sum = Some(crust_image::manifest::Checksum::new());
                 for (off, buf, len) in full_rx {
                     out.write_at(off, &buf[..len])
                         .ctx(|| format!("writing {}", path.display()))?;
+                    sum = sum.filter(|c| c.size() == off).map(|mut c| {
+                        c.update(&buf[..len]);
+                        c
+                    });
                     // The reader may have stopped early; then nobody needs it.
                     let _ = empty_tx.send(buf);
                 }
-                Ok(())
+                Ok(sum.map(|c| c.finish()))
             });
             let read = (|| -> Result<()> {
                 for (off, chunk) in windows(&ranges) {

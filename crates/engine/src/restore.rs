@@ -84,6 +84,12 @@ fn load(dir: &ImageDir) -> Result<Plan> {
         if e.pid == 0 || e.pid > i32::MAX as u32 {
             return Err(bad(names::PSTREE, format!("invalid pid {}", e.pid)));
         }
+        if e.pgid > i32::MAX as u32 || e.sid > i32::MAX as u32 || e.ppid > i32::MAX as u32 {
+            return Err(bad(
+                names::PSTREE,
+                format!("invalid group, session or parent of pid {}", e.pid),
+            ));
+        }
         if !seen.insert(e.pid) {
             return Err(bad(names::PSTREE, format!("pid {} is listed twice", e.pid)));
         }

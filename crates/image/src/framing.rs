@@ -332,9 +332,16 @@ pub fn write_entries<M: prost::Message>(
 
 /// Reads `pagemap-N.img` (or a shmem pagemap): the head, then the entries.
 pub fn read_pagemap(path: &Path) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>), ImageError> {
-    let file = path.display().to_string();
     let data = read_file(path)?;
-    let mut r = ImageReader::open(&data, ImageKind::Pagemap, &file)?;
+    decode_pagemap(&data, &path.display().to_string())
+}
+
+/// [`read_pagemap`] over bytes in memory; `file` names them in errors.
+pub fn decode_pagemap(
+    data: &[u8],
+    file: &str,
+) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>), ImageError> {
+    let mut r = ImageReader::open(data, ImageKind::Pagemap, file)?;
     let head = r.expect_entry::<pb::PagemapHead>("a pagemap_head")?;
     let mut entries = Vec::new();
     while let Some(e) = r.next_entry()? {
@@ -349,9 +356,17 @@ pub fn read_pipes_data(
     path: &Path,
     kind: ImageKind,
 ) -> Result<Vec<(pb::PipeDataEntry, Vec<u8>)>, ImageError> {
-    let file = path.display().to_string();
     let data = read_file(path)?;
-    let mut r = ImageReader::open(&data, kind, &file)?;
+    decode_pipes_data(&data, kind, &path.display().to_string())
+}
+
+/// [`read_pipes_data`] over bytes in memory; `file` names them in errors.
+pub fn decode_pipes_data(
+    data: &[u8],
+    kind: ImageKind,
+    file: &str,
+) -> Result<Vec<(pb::PipeDataEntry, Vec<u8>)>, ImageError> {
+    let mut r = ImageReader::open(data, kind, file)?;
     let mut out = Vec::new();
     while let Some(e) = r.next_entry::<pb::PipeDataEntry>()? {
         let payload = r.read_raw(e.bytes as usize)?.to_vec();

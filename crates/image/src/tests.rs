@@ -577,10 +577,10 @@ fn fdinfo() -> Vec<pb::FdinfoEntry> {
 }
 
 /// One sample image: kind, file name, and the encoded bytes.
-struct Sample {
-    kind: ImageKind,
-    name: String,
-    bytes: Vec<u8>,
+pub(crate) struct Sample {
+    pub(crate) kind: ImageKind,
+    pub(crate) name: String,
+    pub(crate) bytes: Vec<u8>,
 }
 
 fn image<M: Message>(kind: ImageKind, id: u64, entries: &[M]) -> Sample {
@@ -726,7 +726,7 @@ fn stats(kind: ImageKind) -> Sample {
 
 /// A sample of every kind with entries (everything but raw pages), plus a
 /// chunked ghost file.
-fn samples() -> Vec<Sample> {
+pub(crate) fn samples() -> Vec<Sample> {
     use ImageKind as K;
     let inv = pb::InventoryEntry {
         img_version: magic::IMAGES_V1_1,

@@ -24,6 +24,8 @@ mod stat;
 mod status;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 pub use auxv::parse_auxv;
