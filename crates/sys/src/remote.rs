@@ -68,16 +68,7 @@ impl RemoteSyscaller {
     /// Run syscall `nr` with `args`; returns the raw result (a negative
     /// errno on failure).
     pub fn raw(&self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
-        let mut regs = self.base;
-        regs.rip = self.ip;
-        regs.rax = nr as u64;
-        regs.orig_rax = u64::MAX;
-        regs.rdi = args[0];
-        regs.rsi = args[1];
-        regs.rdx = args[2];
-        regs.r10 = args[3];
-        regs.r8 = args[4];
-        regs.r9 = args[5];
+        let regs = call_regs(self.base, self.ip, nr, args);
         ptrace::set_regs(self.tid, &regs)?;
         // Single-step over the syscall instruction: one stop, after the
         // syscall returned, instead of an entry and an exit stop.
@@ -88,11 +79,7 @@ impl RemoteSyscaller {
 
     /// Run syscall `nr`, turning a negative result into an io::Error.
     pub fn call(&self, nr: i64, args: [u64; 6]) -> io::Result<u64> {
-        let r = self.raw(nr, args)?;
-        if (-4095..0).contains(&r) {
-            return Err(io::Error::from_raw_os_error(-r as i32));
-        }
-        Ok(r as u64)
+        errno_result(self.raw(nr, args)?)
     }
 
     fn step_over(&self) -> io::Result<()> {
@@ -444,15 +431,7 @@ impl GuardedSyscaller {
         // The thread's own registers but for rsp, on the frame, and the call.
         let mut regs = self.own;
         regs.rsp = self.frame_at;
-        regs.orig_rax = u64::MAX;
-        regs.rip = self.gadgets.syscall_ret;
-        regs.rax = nr as u64;
-        regs.rdi = args[0];
-        regs.rsi = args[1];
-        regs.rdx = args[2];
-        regs.r10 = args[3];
-        regs.r8 = args[4];
-        regs.r9 = args[5];
+        let regs = call_regs(regs, self.gadgets.syscall_ret, nr, args);
         ptrace::set_regs(self.tid, &regs)?;
         self.at_signal_stop.set(false);
         // The entry stop, then the exit stop.
@@ -465,11 +444,7 @@ impl GuardedSyscaller {
 
     /// Run syscall `nr`, turning a negative result into an io::Error.
     pub fn call(&self, nr: i64, args: [u64; 6]) -> io::Result<u64> {
-        let r = self.raw(nr, args)?;
-        if (-4095..0).contains(&r) {
-            return Err(io::Error::from_raw_os_error(-r as i32));
-        }
-        Ok(r as u64)
+        errno_result(self.raw(nr, args)?)
     }
 
     /// Put back the thread's own signal mask and registers (in a
@@ -531,4 +506,27 @@ impl GuardedSyscaller {
             }
         }
     }
+}
+
+/// `regs` set to run syscall `nr` with `args` at the `syscall` instruction
+/// at `ip` (orig_rax -1: no syscall restart applies to them).
+fn call_regs(mut regs: Regs, ip: u64, nr: i64, args: [u64; 6]) -> Regs {
+    regs.rip = ip;
+    regs.rax = nr as u64;
+    regs.orig_rax = u64::MAX;
+    regs.rdi = args[0];
+    regs.rsi = args[1];
+    regs.rdx = args[2];
+    regs.r10 = args[3];
+    regs.r8 = args[4];
+    regs.r9 = args[5];
+    regs
+}
+
+/// A raw syscall result as an io::Result: -4095..-1 is an errno.
+fn errno_result(r: i64) -> io::Result<u64> {
+    if (-4095..0).contains(&r) {
+        return Err(io::Error::from_raw_os_error(-r as i32));
+    }
+    Ok(r as u64)
 }
