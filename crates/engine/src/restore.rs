@@ -461,7 +461,15 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             files::tty::give_shell_terminal(pgrp)?;
         }
     }
-    // Let the whole tree go together.
+    // Let the whole tree go together. ptrace lets go of one thread at a
+    // time: should crust die in the middle, the watchdog kills the tree.
+    let pidfds = all_tids
+        .iter()
+        .map(|(pid, _, _)| *pid)
+        .chain([restored.child()])
+        .map(|pid| crust_sys::pidfd::pidfd_open(pid).ctx(|| format!("a pidfd of {pid}")))
+        .collect::<Result<Vec<_>>>()?;
+    let watchdog = crust_sys::watchdog::spawn(&pidfds).ctx(|| "starting the watchdog".into())?;
     for (pid, tids, state) in &all_tids {
         if *state == Some(task::TASK_STOPPED) {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGSTOP)
@@ -471,6 +479,9 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             ptrace::detach(t, 0).ctx(|| format!("letting {t} go"))?;
         }
     }
+    watchdog
+        .disarm()
+        .ctx(|| "telling the watchdog the tree is let go".into())?;
     let out = crate::Restored {
         root: restored
             .outer(plan.entries[0].pid as i32)

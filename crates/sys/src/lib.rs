@@ -18,3 +18,4 @@ pub mod task;
 pub mod tty;
 pub mod uffd;
 pub mod vm;
+pub mod watchdog;

@@ -1,0 +1,95 @@
+//! A process that outlives crust for the last step of a restore: if crust
+//! dies before it says the restore is done, the watchdog kills the tree, so
+//! that a crust killed while it lets the tree go leaves nothing behind.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use libc::pid_t;
+
+/// A running watchdog: it SIGKILLs its processes when this is dropped
+/// without [`Watchdog::disarm`], or when crust dies.
+pub struct Watchdog {
+    /// The write end of the watchdog's pipe: one byte disarms it, end of
+    /// file (crust gone) fires it.
+    arm: Option<OwnedFd>,
+    pid: pid_t,
+}
+
+/// Fork a watchdog over the processes of `pidfds`. The caller must be
+/// single-threaded, as for [`crate::clone::fork_with`]. The watchdog keeps
+/// only the pidfds and its pipe, blocks every signal it can, and holds no
+/// fd that other processes wait on.
+pub fn spawn(pidfds: &[OwnedFd]) -> io::Result<Watchdog> {
+    let (read, write) = crate::pipe::pipe2(libc::O_CLOEXEC)?;
+    let keep: Vec<RawFd> = pidfds
+        .iter()
+        .map(|f| f.as_raw_fd())
+        .chain([read.as_raw_fd()])
+        .collect();
+    let close: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
+        .collect();
+    let targets: Vec<RawFd> = pidfds.iter().map(|f| f.as_raw_fd()).collect();
+    let read_fd = read.as_raw_fd();
+    let pid = crate::clone::fork_with(0, None, move || {
+        // SAFETY: only raw syscalls on plain values from here: the child
+        // closes fds it does not own in Rust terms but that are copies, and
+        // it exits with _exit.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            for fd in &close {
+                libc::close(*fd);
+            }
+            let mut byte = 0u8;
+            let n = loop {
+                let n = libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break n;
+                }
+            };
+            if n != 1 {
+                for fd in &targets {
+                    libc::syscall(libc::SYS_pidfd_send_signal, *fd, libc::SIGKILL, 0, 0);
+                }
+            }
+        }
+        0
+    })?;
+    drop(read);
+    Ok(Watchdog {
+        arm: Some(write),
+        pid,
+    })
+}
+
+impl Watchdog {
+    /// The restore is done: let the watchdog exit without killing, and
+    /// reap it.
+    pub fn disarm(mut self) -> io::Result<()> {
+        let arm = self.arm.take().expect("armed until disarmed or dropped");
+        let r = nix::unistd::write(&arm, &[1]).map_err(io::Error::from);
+        drop(arm);
+        self.reap();
+        r.map(|_| ())
+    }
+
+    fn reap(&self) {
+        let mut status = 0;
+        // SAFETY: waits for our own child; status is a valid out pointer.
+        while unsafe { libc::waitpid(self.pid, &mut status, 0) } < 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if self.arm.take().is_some() {
+            self.reap();
+        }
+    }
+}
