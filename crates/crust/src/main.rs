@@ -84,6 +84,14 @@ enum Command {
         /// they are restored unverified, with a warning: CRIU writes none).
         #[arg(long = "strict-images")]
         strict_images: bool,
+        /// Open and create the paths the images name (files, FIFOs,
+        /// deleted files recreated) with crust's own privileges, as CRIU
+        /// does, even when the images are not root's alone (owned by
+        /// another user, writable by others, or crust not run by root):
+        /// by default those have each path opened as the restored task
+        /// holding it could, with its fs uid, groups and capabilities.
+        #[arg(long = "trust-image-paths")]
+        trust_image_paths: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -196,6 +204,7 @@ fn run(cli: Cli) -> Result<i32> {
             new_pid_ns,
             file_locks: _,
             strict_images,
+            trust_image_paths,
             log,
         } => {
             init_log(&log, Some(&images_dir))?;
@@ -204,6 +213,7 @@ fn run(cli: Cli) -> Result<i32> {
                 shell_job,
                 new_pid_ns,
                 strict_images,
+                trust_image_paths,
             })?;
             if let Some(p) = pidfile {
                 std::fs::write(&p, format!("{}\n", restored.root))

@@ -51,6 +51,108 @@ const FILTER_FLAGS_KNOWN: u32 = 2 | 4;
 /// Where a filter's instructions go in the scratch area.
 const FILTER_AT: usize = 4096;
 
+/// Who runs crust. Root may dump and restore any task; any other user
+/// (given CAP_SYS_ADMIN and CAP_SYS_PTRACE, say as ambient capabilities)
+/// only tasks whose user and group ids are all the caller's own: crust does
+/// not carry a task across a privilege line its caller could not cross.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// uid 0.
+    Root,
+    /// Another user.
+    User {
+        /// Its uid (real, effective and saved alike).
+        uid: u32,
+        /// Its gid and supplementary groups.
+        gids: Vec<u32>,
+    },
+}
+
+impl Caller {
+    /// The caller of this crust, from /proc/self/status. A set-user-ID or
+    /// set-group-ID crust (ids that differ) is refused.
+    pub fn current() -> Result<Caller> {
+        let me = procfs::read_status(std::process::id() as i32)?;
+        if me.uid[..3].iter().any(|&u| u != me.uid[0])
+            || me.gid[..3].iter().any(|&g| g != me.gid[0])
+        {
+            return Err(Error::Privilege(format!(
+                "its real, effective and saved ids to be alike (uids {:?}, gids {:?}): \
+                 crust is not meant to be installed set-user-ID or set-group-ID",
+                &me.uid[..3],
+                &me.gid[..3]
+            )));
+        }
+        if me.uid[1] == 0 {
+            return Ok(Caller::Root);
+        }
+        let mut gids = me.groups.clone();
+        gids.push(me.gid[0]);
+        Ok(Caller::User {
+            uid: me.uid[0],
+            gids,
+        })
+    }
+
+    /// Check that the caller may `action` ("dump", "restore") thread `tid`
+    /// of process `pid`, whose (real, effective, saved, fs) uids are `uids`,
+    /// gids `gids` and supplementary groups `groups`.
+    pub fn check(
+        &self,
+        action: &'static str,
+        pid: i32,
+        tid: i32,
+        uids: [u32; 4],
+        gids: [u32; 4],
+        groups: &[u32],
+    ) -> Result<()> {
+        let Caller::User {
+            uid,
+            gids: own_gids,
+        } = self
+        else {
+            return Ok(());
+        };
+        let names = ["uid", "euid", "suid", "fsuid"];
+        let foreign_uid = names.iter().zip(uids).find(|(_, u)| u != uid);
+        let gid_names = ["gid", "egid", "sgid", "fsgid"];
+        let foreign_gid = gid_names
+            .iter()
+            .zip(gids)
+            .chain(groups.iter().map(|&g| (&"supplementary group", g)))
+            .find(|(_, g)| !own_gids.contains(g));
+        let what = match (foreign_uid, foreign_gid) {
+            (Some((name, v)), _) => {
+                format!("thread {tid} has {name} {v}, not the caller's uid {uid}")
+            }
+            (None, Some((name, v))) => format!(
+                "thread {tid} has {name} {v}, which is not one of the caller's groups {own_gids:?}"
+            ),
+            (None, None) => return Ok(()),
+        };
+        Err(Error::ForeignCreds { action, pid, what })
+    }
+
+    /// At dump: check every thread `tids` of process `pid` (main thread's
+    /// status `status`) against the caller.
+    pub fn check_dump(&self, pid: i32, tids: &[i32], status: &Status) -> Result<()> {
+        if matches!(self, Caller::Root) {
+            return Ok(());
+        }
+        for &tid in tids {
+            let st;
+            let s = if tid == pid {
+                status
+            } else {
+                st = procfs::read_status(tid)?;
+                &st
+            };
+            self.check("dump", pid, tid, s.uid, s.gid, &s.groups)?;
+        }
+        Ok(())
+    }
+}
+
 /// What only the thread itself tells, asked with remote prctl calls.
 pub struct Facts {
     /// The timer slack, from /proc/TID/timerslack_ns.
@@ -284,6 +386,7 @@ struct Own {
     oom_score_adj: i32,
     cpus: Vec<u64>,
     in_seccomp: bool,
+    caller: Caller,
 }
 
 /// Credentials, seccomp filters and scheduling state to restore: loaded and
@@ -342,6 +445,7 @@ impl Restorer {
                 oom_score_adj: oom.trim().parse().unwrap_or(0),
                 cpus: sc::get_affinity(0).ctx(|| "crust's own CPU affinity".into())?,
                 in_seccomp: me.seccomp.unwrap_or(0) != 0,
+                caller: Caller::current()?,
             },
         })
     }
@@ -440,6 +544,14 @@ impl Restorer {
                     )));
                 }
             }
+            own.caller.check(
+                "restore",
+                pid as i32,
+                *tid,
+                [c.uid, c.euid, c.suid, c.fsuid],
+                [c.gid, c.egid, c.sgid, c.fsgid],
+                &c.groups,
+            )?;
             if c.secbits & !SECBITS_KNOWN != 0 {
                 return Err(bad(format!(
                     "thread {tid}: unknown securebits {:#x}",
@@ -808,4 +920,131 @@ fn capset(r: &Remote, eff: u64, prm: u64, inh: u64) -> Result<()> {
     let d = r.put(16, &data)?;
     r.call("capset", libc::SYS_capset, [hdr, d, 0, 0, 0, 0])?;
     Ok(())
+}
+
+/// With whose filesystem identity a restore opens and creates the paths
+/// its images name. When the images are not trusted (someone other than a
+/// root caller could have written them), each file is opened as the first
+/// process of the tree (in tree order, parents first) that holds it by an
+/// fd or a mapping: with that task's fs uid, fs gid, groups and effective
+/// capabilities, so that an image cannot make crust open or create what
+/// the restored task itself could not. Processes whose identity is crust's
+/// own, and files no process names, are opened as crust. Empty (the
+/// default): trusted images, every path opened as crust.
+#[derive(Default)]
+pub struct PathIdentities {
+    confined: Option<Confinement>,
+    by_pid: HashMap<u32, sc::FsIdentity>,
+    by_file: HashMap<u32, u32>,
+}
+
+/// Why paths are confined, and what crust itself has.
+struct Confinement {
+    /// crust's own identity (groups sorted).
+    own: sc::FsIdentity,
+    /// crust's permitted capabilities.
+    permitted: u64,
+    /// Why the images are not trusted.
+    why: String,
+}
+
+/// The calling thread acting as a restored task (see [`PathIdentities`]).
+pub struct AsTask {
+    _acting: sc::ActingAs,
+    pid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    why: String,
+}
+
+impl AsTask {
+    /// A note for errors: whose identity the path was opened with, and why.
+    pub fn note(me: &Option<AsTask>) -> String {
+        match me {
+            None => String::new(),
+            Some(a) => format!(
+                " (opened as restored pid {} could, with fsuid {} and fsgid {}, as the images \
+                 are not trusted: {}; --trust-image-paths opens image paths as crust)",
+                a.pid, a.fsuid, a.fsgid, a.why
+            ),
+        }
+    }
+}
+
+impl PathIdentities {
+    /// Paths confined to the restored tasks' identities, because `why`.
+    pub fn confined(why: String) -> Result<Self> {
+        let mut own = sc::own_fs_identity().ctx(|| "crust's own fs identity".into())?;
+        own.groups.sort_unstable();
+        let permitted = procfs::read_status(std::process::id() as i32)?.cap_prm;
+        Ok(PathIdentities {
+            confined: Some(Confinement {
+                own,
+                permitted,
+                why,
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Record the identity of process `pid` from its main thread's `core`
+    /// (none in the image: opened as crust).
+    pub fn add_task(&mut self, pid: u32, core: &pb::CoreEntry) {
+        let Some(Confinement { own, permitted, .. }) = &self.confined else {
+            return;
+        };
+        let Some(c) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) else {
+            return;
+        };
+        let mut groups = c.groups.clone();
+        groups.sort_unstable();
+        let id = sc::FsIdentity {
+            fsuid: c.fsuid,
+            fsgid: c.fsgid,
+            groups,
+            cap_eff: join(&c.cap_eff) & permitted,
+        };
+        if id != *own {
+            self.by_pid.insert(pid, id);
+        }
+    }
+
+    /// Record that `pid` holds file `file_id` (by an fd or a mapping); the
+    /// first holder recorded opens it.
+    pub fn add_holder(&mut self, file_id: u32, pid: u32) {
+        self.by_file.entry(file_id).or_insert(pid);
+    }
+
+    /// Act, on the calling thread, as the process that opens file
+    /// `file_id`; `None` when that is crust itself.
+    pub fn act_for_file(&self, file_id: u32) -> Result<Option<AsTask>> {
+        match self.by_file.get(&file_id) {
+            Some(&pid) => self.act_for_pid(pid),
+            None => Ok(None),
+        }
+    }
+
+    /// Act, on the calling thread, as restored process `pid`; `None` when
+    /// its identity is crust's own.
+    pub fn act_for_pid(&self, pid: u32) -> Result<Option<AsTask>> {
+        let Some(id) = self.by_pid.get(&pid) else {
+            return Ok(None);
+        };
+        let acting = sc::act_as(id).ctx(|| {
+            format!(
+                "taking the fs identity of restored pid {pid} (fsuid {}, fsgid {}) to open its paths",
+                id.fsuid, id.fsgid
+            )
+        })?;
+        Ok(Some(AsTask {
+            _acting: acting,
+            pid,
+            fsuid: id.fsuid,
+            fsgid: id.fsgid,
+            why: self
+                .confined
+                .as_ref()
+                .map_or_else(String::new, |c| c.why.clone()),
+        }))
+    }
 }

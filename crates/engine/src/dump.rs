@@ -25,7 +25,11 @@ struct PagesOut {
 }
 
 /// Dump the tree of `opts.pid` into `dir`.
-pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats> {
+pub(crate) fn dump_into(
+    opts: &DumpOptions,
+    dir: &ImageDir,
+    caller: &creds::Caller,
+) -> Result<DumpStats> {
     let root = opts.pid;
     // Allocate each process's page image before the freeze, so the frozen
     // window only copies.
@@ -125,6 +129,7 @@ pub(crate) fn dump_into(opts: &DumpOptions, dir: &ImageDir) -> Result<DumpStats>
             let pid = stat.pid;
             let id = idx as u32 + 1;
             let status = procfs::read_status(pid)?;
+            caller.check_dump(pid, tids, &status)?;
             let threads = tids
                 .iter()
                 .map(|&t| task::read_thread(t))

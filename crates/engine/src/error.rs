@@ -61,6 +61,16 @@ pub enum Error {
 
     #[error("crust needs {0}")]
     Privilege(String),
+    /// A task's ids are not those of the (non-root) user running crust.
+    #[error("refusing to {action} pid {pid}: {what}; only root may {action} a task with another user's credentials")]
+    ForeignCreds {
+        /// "dump" or "restore".
+        action: &'static str,
+        /// The process.
+        pid: i32,
+        /// Which id is foreign.
+        what: String,
+    },
     /// A restored task's credentials (capabilities, ids), affinity or
     /// oom_score_adj are beyond what this crust can grant.
     #[error("cannot restore pid {pid}: {what}")]

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use crust_image::manifest::{FileSum, HashingWriter, Manifest, MANIFEST};
 use crust_image::{names, pb, ImageError, ImageKind, ImageWriter};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// A folder of image files, remembering which files it wrote (so that a
 /// failed dump can take them away again) and their checksums, for the
@@ -341,6 +341,41 @@ fn check_one(file: &Path, want: &FileSum) -> std::result::Result<u64, String> {
         ));
     }
     Ok(got.size)
+}
+
+/// Why someone other than root could have written the images in `dir`
+/// (the folder or a file in it owned by another user, or writable by its
+/// group or others), or `None` when only root could have.
+pub fn written_by_others(dir: &Path) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let why = |path: &Path, md: &std::fs::Metadata| -> Option<String> {
+        if md.uid() != 0 {
+            Some(format!("{} is owned by uid {}", path.display(), md.uid()))
+        } else if md.mode() & 0o022 != 0 {
+            Some(format!(
+                "{} is writable by its group or others (mode {:o})",
+                path.display(),
+                md.mode() & 0o7777
+            ))
+        } else {
+            None
+        }
+    };
+    let shown = dir.display();
+    let md = std::fs::metadata(dir).ctx(|| format!("stat of the images dir {shown}"))?;
+    if let Some(w) = why(dir, &md) {
+        return Ok(Some(w));
+    }
+    for e in std::fs::read_dir(dir).ctx(|| format!("listing the images dir {shown}"))? {
+        let e = e.ctx(|| format!("listing the images dir {shown}"))?;
+        let md = e
+            .metadata()
+            .ctx(|| format!("stat of {}", e.path().display()))?;
+        if let Some(w) = why(&e.path(), &md) {
+            return Ok(Some(w));
+        }
+    }
+    Ok(None)
 }
 
 /// Before a restore touches any process: check `dir` against its

@@ -80,33 +80,30 @@ pub(crate) fn us(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
 }
 
-/// Refuse to run without the privileges crust needs.
-fn check_privileges() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::Privilege(
-            "root (CAP_SYS_ADMIN and CAP_SYS_PTRACE); run it with sudo".into(),
-        ));
-    }
+/// Refuse to run without the privileges crust needs: CAP_SYS_ADMIN and
+/// CAP_SYS_PTRACE (root, or a user given them); returns who runs it.
+fn check_privileges() -> Result<creds::Caller> {
+    let caller = creds::Caller::current()?;
     let status = procfs::read_status(std::process::id() as i32)?;
     for (bit, name) in [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")] {
         if status.cap_eff & (1u64 << bit) == 0 {
             return Err(Error::Privilege(format!(
-                "{name}, which this process lacks"
+                "{name}, which this process lacks: run it as root (sudo)"
             )));
         }
     }
-    Ok(())
+    Ok(caller)
 }
 
 /// Checkpoint the task `opts.pid` into `opts.images_dir`. On failure the
 /// task runs on unchanged and the files this dump wrote are removed.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
-    check_privileges()?;
+    let caller = check_privileges()?;
     let pid = opts.pid;
     tree::check_target(pid)?;
     prepare_images_dir(&opts.images_dir)?;
     let dir = ImageDir::new(&opts.images_dir);
-    let res = dump::dump_into(opts, &dir);
+    let res = dump::dump_into(opts, &dir, &caller);
     if res.is_err() {
         dir.discard();
     }
@@ -149,6 +146,11 @@ pub struct RestoreOptions {
     /// Refuse images without a crust manifest (by default they are
     /// restored unverified, with a warning: CRIU writes none).
     pub strict_images: bool,
+    /// Open and create the paths the images name with crust's own
+    /// privileges (as CRIU does) even when someone other than a root
+    /// caller could have written the images; by default such images have
+    /// their paths opened as the restored task that holds them could.
+    pub trust_image_paths: bool,
 }
 
 /// A restored tree, as crust sees it.
@@ -165,9 +167,14 @@ pub struct Restored {
 /// The images are checked against their manifest first, before any
 /// process is touched.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
-    check_privileges()?;
+    let caller = check_privileges()?;
     images::verify_for_restore(&opts.images_dir, opts.strict_images)?;
-    restore::restore(opts)
+    let confine = match caller {
+        _ if opts.trust_image_paths => None,
+        creds::Caller::Root => images::written_by_others(&opts.images_dir)?,
+        creds::Caller::User { uid, .. } => Some(format!("crust runs as uid {uid}, not root")),
+    };
+    restore::restore(opts, confine)
 }
 
 /// Wait for a restored task (crust's child) to end; returns its exit code,
@@ -186,8 +193,13 @@ pub fn wait_for(pid: i32) -> Result<i32> {
 /// Check that this kernel and these privileges have what crust needs;
 /// returns what was verified, or the first missing piece.
 pub fn check() -> Result<Vec<String>> {
-    check_privileges()?;
-    let mut ok = vec!["root with CAP_SYS_ADMIN and CAP_SYS_PTRACE".to_string()];
+    let caller = check_privileges()?;
+    let mut ok = vec![match caller {
+        creds::Caller::Root => "root with CAP_SYS_ADMIN and CAP_SYS_PTRACE".to_string(),
+        creds::Caller::User { uid, .. } => format!(
+            "uid {uid} with CAP_SYS_ADMIN and CAP_SYS_PTRACE: it may dump and restore only its own tasks"
+        ),
+    }];
     let me = std::process::id() as i32;
     let maps = procfs::read_maps(me)?;
     for (name, path) in [

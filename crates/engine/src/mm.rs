@@ -865,15 +865,20 @@ pub struct MappedFiles {
 pub type MapFds = HashMap<(u32, u32), u64>;
 
 impl MappedFiles {
-    /// Open the files `procs` (pid, memory) map. One that cannot be opened
-    /// here is left to the task (which reports the error then).
+    /// Open the files `procs` (pid, memory) map, each as its process could
+    /// (`paths`). One that cannot be opened here is left to the task (which
+    /// reports the error then), unless it was opened as the task: then its
+    /// error is the restore's.
     pub fn open<'a>(
         procs: impl IntoIterator<Item = (u32, &'a pb::MmEntry)>,
         files: &FileIndex,
-    ) -> Self {
+        paths: &crate::creds::PathIdentities,
+    ) -> Result<Self> {
         let mut fds = HashMap::new();
         let mut lists = HashMap::new();
         for (pid, mm) in procs {
+            let acting = paths.act_for_pid(pid)?;
+            let mut refused = None;
             let mut want: Vec<(u32, u32)> = mm
                 .vmas
                 .iter()
@@ -902,12 +907,27 @@ impl MappedFiles {
                         fds.insert(*key, f.into());
                         true
                     }
-                    Err(_) => false,
+                    Err(err) => {
+                        if acting.is_some() && refused.is_none() {
+                            refused = Some(Error::Sys {
+                                what: format!(
+                                    "opening {}, which pid {pid} maps{}",
+                                    rf.name,
+                                    crate::creds::AsTask::note(&acting)
+                                ),
+                                err,
+                            });
+                        }
+                        false
+                    }
                 }
             });
+            if let Some(e) = refused {
+                return Err(e);
+            }
             lists.insert(pid, want);
         }
-        MappedFiles { fds, lists }
+        Ok(MappedFiles { fds, lists })
     }
 
     /// In the forked copy of crust that becomes `pid`: duplicates of the

@@ -227,8 +227,9 @@ fn load(dir: &ImageDir) -> Result<Plan> {
 }
 
 /// Restore the tree in `opts.images_dir`; returns the root's pid. The tree
-/// runs when this returns; its root is crust's child.
-pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
+/// runs when this returns; its root is crust's child. With `confine` (why
+/// the images are not trusted), paths are opened as the tasks could.
+pub(crate) fn restore(opts: &RestoreOptions, confine: Option<String>) -> Result<crate::Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::new(&opts.images_dir);
     let plan = load(&dir)?;
@@ -254,6 +255,29 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         ghost_limit: files::DEFAULT_GHOST_LIMIT,
         file_locks: false,
     };
+    // Untrusted images: paths are opened as the first process of the tree
+    // that holds them.
+    let mut paths = match confine {
+        None => crate::creds::PathIdentities::default(),
+        Some(why) => {
+            tracing::info!("image paths are opened as the restored tasks could: {why}");
+            crate::creds::PathIdentities::confined(why)?
+        }
+    };
+    for e in &plan.entries {
+        let Some(p) = plan.procs.get(&e.pid) else {
+            continue;
+        };
+        paths.add_task(e.pid, &p.cores[0].1);
+        let mapped =
+            p.mm.vmas
+                .iter()
+                .filter(|v| v.status & (mm::VMA_FILE_PRIVATE | mm::VMA_FILE_SHARED) != 0)
+                .map(|v| v.shmid as u32);
+        for id in p.fdinfos.iter().map(|f| f.id).chain(mapped) {
+            paths.add_holder(id, e.pid);
+        }
+    }
     let mut octx = OpenCtx {
         opts: fd_opts,
         dir: &dir,
@@ -262,6 +286,7 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
         ttys: Default::default(),
         memfds: Default::default(),
         tree: tree_ids(&plan.entries),
+        paths,
     };
     octx.pipes.set_reg_entries(plan.files.values());
     let open = files::open_all(&plan.files, &plan.fdinfo_names, &mut octx)?;
@@ -331,7 +356,8 @@ pub(crate) fn restore(opts: &RestoreOptions) -> Result<crate::Restored> {
             .filter(|(_, p)| p.root == "/")
             .map(|(&pid, p)| (pid, &p.mm)),
         &files_index,
-    );
+        &octx.paths,
+    )?;
     let last = |e: &pb::PstreeEntry, keep: &mut [&mut std::os::fd::OwnedFd]| -> Result<()> {
         let p = &plan.procs[&e.pid];
         // The files it maps go right after its report and hold fds.

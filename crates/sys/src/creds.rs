@@ -189,3 +189,194 @@ pub fn own_securebits() -> u32 {
     let r = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
     r.max(0) as u32
 }
+
+/// The filesystem identity of a thread: what the kernel checks path
+/// lookups, opens and file creation against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsIdentity {
+    /// The fs uid (owner of the files it creates).
+    pub fsuid: u32,
+    /// The fs gid.
+    pub fsgid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Effective capabilities (bit n is capability n).
+    pub cap_eff: u64,
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's (effective, permitted, inheritable) capabilities.
+fn own_caps() -> io::Result<[u64; 3]> {
+    let mut h = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut d = [CapData::default(); 2];
+    // SAFETY: a v3 header and the two data structs v3 fills.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let join = |lo: u32, hi: u32| lo as u64 | (hi as u64) << 32;
+    Ok([
+        join(d[0].effective, d[1].effective),
+        join(d[0].permitted, d[1].permitted),
+        join(d[0].inheritable, d[1].inheritable),
+    ])
+}
+
+/// Set the calling thread's capabilities (this thread only: the raw
+/// syscall, as glibc does not broadcast capset).
+fn set_own_caps([eff, prm, inh]: [u64; 3]) -> io::Result<()> {
+    let mut h = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let d = [
+        CapData {
+            effective: eff as u32,
+            permitted: prm as u32,
+            inheritable: inh as u32,
+        },
+        CapData {
+            effective: (eff >> 32) as u32,
+            permitted: (prm >> 32) as u32,
+            inheritable: (inh >> 32) as u32,
+        },
+    ];
+    // SAFETY: a v3 header and the two data structs v3 reads.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's supplementary groups.
+fn own_groups() -> io::Result<Vec<u32>> {
+    // SAFETY: with size 0, getgroups only counts.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut g = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: g has room for n groups.
+    let n = unsafe { libc::getgroups(n, g.as_mut_ptr()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    g.truncate(n as usize);
+    Ok(g)
+}
+
+/// Set the calling thread's fs uid and gid and groups (raw syscalls: this
+/// thread only; glibc's setgroups would change every thread). setfsuid
+/// reports no error: the result is read back.
+fn set_fs_ids(fsuid: u32, fsgid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: setgroups reads groups.len() gids.
+    if unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: setfsgid/setfsuid take an id; -1 only reads the current one.
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, fsgid);
+        libc::syscall(libc::SYS_setfsuid, fsuid);
+        let gid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
+        let uid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
+        if gid != fsgid || uid != fsuid {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
+    Ok(())
+}
+
+/// The calling thread's filesystem identity.
+pub fn own_fs_identity() -> io::Result<FsIdentity> {
+    // SAFETY: -1 is no valid id: the calls only report the current ones.
+    let (fsuid, fsgid) = unsafe {
+        (
+            libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+            libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+        )
+    };
+    Ok(FsIdentity {
+        fsuid,
+        fsgid,
+        groups: own_groups()?,
+        cap_eff: own_caps()?[0],
+    })
+}
+
+/// The calling thread acting with another filesystem identity, until
+/// dropped. Only this thread changes; its permitted capabilities stay, so
+/// it can go back.
+#[must_use = "the identity is given back when this is dropped"]
+pub struct ActingAs {
+    saved: FsIdentity,
+    caps: [u64; 3],
+}
+
+/// Act with `id`'s filesystem identity on the calling thread (its
+/// capabilities cut to those the thread has). Needs CAP_SETUID,
+/// CAP_SETGID and the capabilities of `id`.
+pub fn act_as(id: &FsIdentity) -> io::Result<ActingAs> {
+    let saved = own_fs_identity()?;
+    let caps = own_caps()?;
+    let guard = ActingAs { saved, caps };
+    set_fs_ids(id.fsuid, id.fsgid, &id.groups)?;
+    set_own_caps([id.cap_eff & caps[1], caps[1], caps[2]])?;
+    Ok(guard)
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        // Back to the saved identity: capabilities first, as setfsuid and
+        // setgroups need CAP_SETUID and CAP_SETGID.
+        let back = set_own_caps(self.caps)
+            .and_then(|()| set_fs_ids(self.saved.fsuid, self.saved.fsgid, &self.saved.groups));
+        // setfsuid to 0 raises the fs capabilities again: put back exactly.
+        let back = back.and_then(|()| set_own_caps(self.caps));
+        if let Err(e) = back {
+            // A thread left with another identity must not go on.
+            eprintln!("crust: cannot take back its own identity: {e}");
+            std::process::abort();
+        }
+    }
+}
+
+/// Whether the calling thread, with its current filesystem identity, may
+/// access `path` with `mode` (R_OK, W_OK: faccessat2 with AT_EACCESS).
+pub fn may_access(path: &std::path::Path, mode: i32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode,
+            libc::AT_EACCESS,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -378,9 +378,17 @@ impl OpenState {
         }
     }
 
-    /// Open the file of REG entry `r`, the deleted file of ghost `ghost_id`:
-    /// recreated from its image on its first use.
-    pub fn open(&mut self, r: &pb::RegFileEntry, ghost_id: u32, dir: &ImageDir) -> Result<OwnedFd> {
+    /// Open the file of REG entry `r` (file id `file_id`), the deleted file
+    /// of ghost `ghost_id`: recreated from its image on its first use, at
+    /// its path, as the task that holds it could (`paths`).
+    pub fn open(
+        &mut self,
+        r: &pb::RegFileEntry,
+        ghost_id: u32,
+        dir: &ImageDir,
+        paths: &crate::creds::PathIdentities,
+        file_id: u32,
+    ) -> Result<OwnedFd> {
         if !self.ghosts.contains_key(&ghost_id) {
             let path = PathBuf::from(&r.name);
             // Two deleted files that had the same name: the path is ours,
@@ -390,7 +398,7 @@ impl OpenState {
                     unlink_ghost(g);
                 }
             }
-            let g = recreate(&path, ghost_id, dir)?;
+            let g = recreate(&path, ghost_id, dir, paths, file_id)?;
             self.ghosts.insert(ghost_id, g);
         }
         let g = &self.ghosts[&ghost_id];
@@ -434,38 +442,49 @@ fn unlink_ghost(g: &mut Ghost) {
     }
 }
 
-/// Recreate the file of ghost image `ghost_id` at `path`.
-fn recreate(path: &Path, ghost_id: u32, dir: &ImageDir) -> Result<Ghost> {
+/// Recreate the file of ghost image `ghost_id` at `path`, created as the
+/// holder of file `file_id` could (`paths`), then filled, owned and moded
+/// by crust.
+fn recreate(
+    path: &Path,
+    ghost_id: u32,
+    dir: &ImageDir,
+    paths: &crate::creds::PathIdentities,
+    file_id: u32,
+) -> Result<Ghost> {
     let name = names::ghost_file(ghost_id);
     let data = crust_image::read_file(&dir.file(&name))?;
     let c = parse(&data, &name)?;
     let shown = path.display();
-    let file = std::fs::OpenOptions::new()
+    let acting = paths.act_for_file(file_id)?;
+    let created = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(c.entry.mode & 0o7777)
-        .open(path)
-        .map_err(|err| match err.kind() {
-            io::ErrorKind::AlreadyExists => Error::FileChanged {
-                path: path.into(),
-                what: format!(
-                    "the path of a deleted file the tree holds open (saved in {name}, \
+        .open(path);
+    let note = crate::creds::AsTask::note(&acting);
+    drop(acting);
+    let file = created.map_err(|err| match err.kind() {
+        io::ErrorKind::AlreadyExists => Error::FileChanged {
+            path: path.into(),
+            what: format!(
+                "the path of a deleted file the tree holds open (saved in {name}, \
                      recreated there for the restore) was taken by another file"
-                ),
-            },
-            io::ErrorKind::NotFound => Error::FileChanged {
-                path: path.into(),
-                what: format!(
-                    "the directory of a deleted file the tree holds open (saved in {name}, \
+            ),
+        },
+        io::ErrorKind::NotFound => Error::FileChanged {
+            path: path.into(),
+            what: format!(
+                "the directory of a deleted file the tree holds open (saved in {name}, \
                      recreated there for the restore) was removed"
-                ),
-            },
-            _ => Error::Sys {
-                what: format!("recreating the deleted file {shown} from {name}"),
-                err,
-            },
-        })?;
+            ),
+        },
+        _ => Error::Sys {
+            what: format!("recreating the deleted file {shown} from {name}{note}"),
+            err,
+        },
+    })?;
     // From here on, a failure takes the new file away again.
     let mut g = Ghost {
         path: path.to_path_buf(),
@@ -563,6 +582,7 @@ mod tests {
             ttys: Default::default(),
             memfds: Default::default(),
             tree: Default::default(),
+            paths: Default::default(),
         }
     }
 

@@ -200,6 +200,8 @@ pub struct OpenCtx<'a> {
     pub memfds: memfd::OpenState,
     /// Every pid and tid of the restored tree (as the images name them).
     pub tree: HashSet<u32>,
+    /// With whose identity paths are opened and created.
+    pub paths: crate::creds::PathIdentities,
 }
 
 /// What a restored process does itself once its memory and threads are in
@@ -490,7 +492,7 @@ pub fn recreate_mapped_ghosts(
         };
         if let Some(g) = r.crust_ghost_id {
             if done.insert(id) {
-                out.push(ctx.ghosts.open(r, g, ctx.dir)?);
+                out.push(ctx.ghosts.open(r, g, ctx.dir, &ctx.paths, id)?);
             }
         }
     }

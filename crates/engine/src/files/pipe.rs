@@ -458,7 +458,15 @@ impl OpenState {
     }
 
     /// Open the FIFO of `e` (a FIFO file entry) by its path.
-    pub fn open_fifo(&mut self, e: &pb::FileEntry, dir: &ImageDir) -> Result<OwnedFd> {
+    /// It is opened as the task that holds it could (`paths`): crust's own
+    /// reader and writer, which keep the opens from blocking and put the
+    /// data back, are opened only once that task's access is checked.
+    pub fn open_fifo(
+        &mut self,
+        e: &pb::FileEntry,
+        dir: &ImageDir,
+        paths: &crate::creds::PathIdentities,
+    ) -> Result<OwnedFd> {
         let bad = |what: String| Error::BadImage {
             file: names::FILES.into(),
             what: format!("FIFO file id {}: {what}", e.id),
@@ -484,6 +492,29 @@ impl OpenState {
                 what: "it is no longer a FIFO".into(),
             });
         }
+        let flags =
+            r.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
+        let mode = flags & O_ACCMODE;
+        if mode != O_RDONLY && mode != O_WRONLY && mode != O_RDWR {
+            return Err(bad(format!("invalid flags {:o}", r.flags)));
+        }
+        let access = match mode {
+            O_RDONLY => libc::R_OK,
+            O_WRONLY => libc::W_OK,
+            _ => libc::R_OK | libc::W_OK,
+        };
+        {
+            let acting = paths.act_for_file(e.id)?;
+            if acting.is_some() {
+                crust_sys::creds::may_access(std::path::Path::new(&r.name), access).ctx(|| {
+                    format!(
+                        "opening the FIFO {}{}",
+                        r.name,
+                        crate::creds::AsTask::note(&acting)
+                    )
+                })?;
+            }
+        }
         // A reader and a writer of crust's own, so that neither the open
         // below nor the data write waits for a partner.
         let fake: OwnedFd = std::fs::OpenOptions::new()
@@ -493,19 +524,23 @@ impl OpenState {
             .open(&r.name)
             .ctx(|| format!("opening the FIFO {}", r.name))?
             .into();
+        let file = {
+            let acting = paths.act_for_file(e.id)?;
+            std::fs::OpenOptions::new()
+                .read(mode != O_WRONLY)
+                .write(mode != O_RDONLY)
+                .custom_flags((flags & !O_ACCMODE) as i32 | libc::O_CLOEXEC)
+                .open(&r.name)
+                .ctx(|| {
+                    format!(
+                        "opening the FIFO {} (flags {:o}){}",
+                        r.name,
+                        r.flags,
+                        crate::creds::AsTask::note(&acting)
+                    )
+                })?
+        };
         self.fifo_data(dir)?.fill(f.pipe_id, fake.as_fd())?;
-        let flags =
-            r.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
-        let mode = flags & O_ACCMODE;
-        if mode != O_RDONLY && mode != O_WRONLY && mode != O_RDWR {
-            return Err(bad(format!("invalid flags {:o}", r.flags)));
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(mode != O_WRONLY)
-            .write(mode != O_RDONLY)
-            .custom_flags((flags & !O_ACCMODE) as i32 | libc::O_CLOEXEC)
-            .open(&r.name)
-            .ctx(|| format!("opening the FIFO {} (flags {:o})", r.name, r.flags))?;
         drop(fake);
         Ok(file.into())
     }
@@ -606,7 +641,7 @@ impl FileKind for Pipe {
     fn open(&self, e: &pb::FileEntry, ctx: &mut OpenCtx) -> Result<OwnedFd> {
         let dir = ctx.dir;
         if e.r#type == FD_TYPE_FIFO {
-            return ctx.pipes.open_fifo(e, dir);
+            return ctx.pipes.open_fifo(e, dir, &ctx.paths);
         }
         let p = e.pipe.as_ref().ok_or_else(|| Error::BadImage {
             file: names::FILES.into(),
@@ -712,6 +747,7 @@ mod tests {
             ttys: Default::default(),
             memfds: Default::default(),
             tree: Default::default(),
+            paths: Default::default(),
         };
         let nr = Pipe.open(&er, &mut octx).unwrap();
         let nw = Pipe.open(&ew, &mut octx).unwrap();
@@ -879,6 +915,7 @@ mod tests {
             ttys: Default::default(),
             memfds: Default::default(),
             tree: Default::default(),
+            paths: Default::default(),
         };
         let m = Pipe.open(&e, &mut octx).err().unwrap().to_string();
         assert!(m.contains("files.img") && m.contains("9"), "{m}");
@@ -939,6 +976,7 @@ mod tests {
             ttys: Default::default(),
             memfds: Default::default(),
             tree: Default::default(),
+            paths: Default::default(),
         };
         octx.pipes.set_reg_entries(&regs);
         let nw = Pipe.open(&crius, &mut octx).unwrap();
@@ -953,7 +991,11 @@ mod tests {
         // A FIFO that is gone: an error naming its path.
         std::fs::remove_file(&path).unwrap();
         let mut st = OpenState::default();
-        let m = st.open_fifo(&er, &dir).err().unwrap().to_string();
+        let m = st
+            .open_fifo(&er, &dir, &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(m.contains("the.fifo"), "{m}");
         let _ = std::fs::remove_dir_all(&d);
     }

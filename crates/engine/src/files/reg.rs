@@ -129,10 +129,23 @@ impl FileKind for RegularFile {
         }
         if let Some(g) = r.crust_ghost_id {
             let dir = ctx.dir;
-            return ctx.ghosts.open(r, g, dir);
+            return ctx.ghosts.open(r, g, dir, &ctx.paths, e.id);
         }
-        check_unchanged(r)?;
-        open_reg(r)
+        let acting = ctx.paths.act_for_file(e.id)?;
+        let note = || crate::creds::AsTask::note(&acting);
+        check_unchanged(r)
+            .and_then(|()| open_reg(r))
+            .map_err(|err| match err {
+                Error::Sys { what, err } => Error::Sys {
+                    what: format!("{what}{}", note()),
+                    err,
+                },
+                Error::FileChanged { path, what } => Error::FileChanged {
+                    path,
+                    what: format!("{what}{}", note()),
+                },
+                other => other,
+            })
     }
 }
 
@@ -146,7 +159,13 @@ pub fn check_unchanged(r: &pb::RegFileEntry) -> Result<()> {
         path: r.name.clone().into(),
         what,
     };
-    let md = std::fs::metadata(&r.name).map_err(|e| changed(format!("cannot be found ({e})")))?;
+    let md = std::fs::metadata(&r.name).map_err(|err| match err.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::Sys {
+            what: format!("looking up {}", r.name),
+            err,
+        },
+        _ => changed(format!("cannot be found ({err})")),
+    })?;
     if let Some(mode) = r.mode {
         if (mode & libc::S_IFMT) != (md.mode() & libc::S_IFMT) {
             return Err(changed(format!(
