@@ -16,7 +16,7 @@ use crust_sys::vm::{self, RemoteRange};
 
 use crate::error::{Context, Error, Result};
 use crate::files::{DumpCtx, FileTable};
-use crate::remote::{Remote, SCRATCH_LEN};
+use crate::remote::{Call, Remote, SCRATCH_LEN};
 
 /// Page size on x86_64.
 pub const PAGE: u64 = 4096;
@@ -1037,6 +1037,7 @@ pub fn map_vmas<'a>(
         }
     }
     let mut fds: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut private = Vec::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         // Premapped memory is in place, filled and writable already.
         if is_special(v) || is_premapped(v) {
@@ -1110,10 +1111,20 @@ pub fn map_vmas<'a>(
         } else {
             flags |= libc::MAP_ANONYMOUS as u64;
         }
+        let args = [v.start, v.end - v.start, prot, flags, fd, pgoff];
+        // Private mappings go together in one batch, after the loop.
+        if !close_after && v.status & VMA_ANON_SHARED == 0 {
+            private.push(Call {
+                what: format!("mmap of {:#x}-{:#x}", v.start, v.end),
+                nr: libc::SYS_mmap,
+                args,
+            });
+            continue;
+        }
         let got = r.call(
             &format!("mmap of {:#x}-{:#x}", v.start, v.end),
             libc::SYS_mmap,
-            [v.start, v.end - v.start, prot, flags, fd, pgoff],
+            args,
         )?;
         if close_after {
             r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
@@ -1126,6 +1137,14 @@ pub fn map_vmas<'a>(
         }
         if v.status & VMA_ANON_SHARED != 0 {
             shmem.mapped(pid, inner_pid, v)?;
+        }
+    }
+    for (c, got) in private.iter().zip(r.batch(&private)?) {
+        if got != c.args[0] {
+            return Err(Error::Restore {
+                pid,
+                what: format!("mmap of {:#x} landed at {got:#x}", c.args[0]),
+            });
         }
     }
     for fd in fds.into_values() {
@@ -1245,31 +1264,33 @@ impl Fill<'_> {
 }
 
 /// Give each VMA of a filled process its dumped protection and advice.
+/// One batch of remote calls.
 pub fn protect(r: &Remote, mm: &pb::MmEntry, filled: &[bool]) -> Result<()> {
+    let mut calls = Vec::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(v) {
             continue;
         }
         let len = v.end - v.start;
         if filled[i] && v.prot != (v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32) {
-            r.call(
-                "mprotect",
-                libc::SYS_mprotect,
-                [v.start, len, v.prot as u64, 0, 0, 0],
-            )?;
+            calls.push(Call {
+                what: format!("mprotect of {:#x}-{:#x}", v.start, v.end),
+                nr: libc::SYS_mprotect,
+                args: [v.start, len, v.prot as u64, 0, 0, 0],
+            });
         }
         let madv = v.madv.unwrap_or(0);
-        for &(_, adv) in MADVICE {
+        for &(name, adv) in MADVICE {
             if madv & (1 << adv) != 0 {
-                r.call(
-                    "madvise",
-                    libc::SYS_madvise,
-                    [v.start, len, adv as u64, 0, 0, 0],
-                )?;
+                calls.push(Call {
+                    what: format!("madvise({name}) of {:#x}-{:#x}", v.start, v.end),
+                    nr: libc::SYS_madvise,
+                    args: [v.start, len, adv as u64, 0, 0, 0],
+                });
             }
         }
     }
-    Ok(())
+    r.batch(&calls).map(drop)
 }
 
 /// A 2 MiB extent to collapse: its address and the page image offset of

@@ -13,7 +13,8 @@
 use crust_sys::procfs::{self, Vma, VmaPath};
 use crust_sys::ptrace::{self, Regs};
 use crust_sys::remote::{
-    find_gadgets, find_syscall_insn, Gadgets, GuardedSyscaller, RemoteSyscaller,
+    find_gadgets, find_syscall_insn, Gadgets, GuardedSyscaller, RemoteSyscaller, BATCH_CODE,
+    BATCH_END, BATCH_ENTRY,
 };
 use crust_sys::vm::{self, RemoteRange};
 
@@ -22,6 +23,24 @@ use crate::task::ThreadState;
 
 /// Size of the scratch mapping.
 pub const SCRATCH_LEN: usize = 64 * 1024;
+/// Where the batch code goes in a restore's scratch area; its table
+/// follows it, up to the end of the area.
+const BATCH_AT: usize = 48 * 1024;
+/// Where the table of a batch starts.
+const BATCH_TABLE_AT: usize = BATCH_AT + 64;
+/// The most syscalls a batch runs with one resume.
+const BATCH_MAX: usize = (SCRATCH_LEN - BATCH_TABLE_AT) / BATCH_ENTRY - 1;
+
+/// One syscall of a [`Remote::batch`]: what it is (for errors), its
+/// number and arguments.
+pub struct Call {
+    /// Names the call in errors.
+    pub what: String,
+    /// The syscall number.
+    pub nr: i64,
+    /// Its arguments.
+    pub args: [u64; 6],
+}
 
 /// How the syscalls of a [`Remote`] are driven.
 enum Driver {
@@ -242,13 +261,68 @@ impl Remote {
         .ctx(|| format!("remote {what} in pid {}", self.pid))
     }
 
+    /// Run `calls` in the task in order, as few resumes as possible: at
+    /// restore, a table run by the batch code in the scratch area (which
+    /// must be mapped); at dump, one by one (no code goes into a dumped
+    /// task). Returns every result; the first call that fails is the
+    /// error, and the calls after it are not run.
+    pub fn batch(&self, calls: &[Call]) -> Result<Vec<u64>> {
+        let sc = match &self.sc {
+            Driver::Plain(sc) if self.dump.is_none() && self.scratch.is_some() => sc,
+            _ => {
+                return calls
+                    .iter()
+                    .map(|c| self.call(&c.what, c.nr, c.args))
+                    .collect()
+            }
+        };
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(BATCH_MAX) {
+            let mut table: Vec<u8> = Vec::with_capacity((chunk.len() + 1) * BATCH_ENTRY);
+            for c in chunk {
+                for w in std::iter::once(c.nr as u64).chain(c.args).chain([0]) {
+                    table.extend_from_slice(&w.to_ne_bytes());
+                }
+            }
+            table.extend_from_slice(&BATCH_END.to_ne_bytes());
+            table.resize((chunk.len() + 1) * BATCH_ENTRY, 0);
+            let at = self.put(BATCH_TABLE_AT, &table)?;
+            sc.run_batch(self.scratch() + BATCH_AT as u64, at).ctx(|| {
+                format!(
+                    "remote {} and what follows in pid {}",
+                    chunk[0].what, self.pid
+                )
+            })?;
+            self.get(BATCH_TABLE_AT, &mut table)?;
+            for (i, c) in chunk.iter().enumerate() {
+                let at = i * BATCH_ENTRY + 56;
+                let raw = i64::from_ne_bytes(table[at..at + 8].try_into().expect("8 bytes"));
+                if (-4095..0).contains(&raw) {
+                    return Err(Error::Sys {
+                        what: format!("remote {} in pid {}", c.what, self.pid),
+                        err: std::io::Error::from_raw_os_error(-raw as i32),
+                    });
+                }
+                out.push(raw as u64);
+            }
+        }
+        Ok(out)
+    }
+
     /// Map the scratch area: at `fixed` exactly (which must be free), or
     /// wherever the kernel likes. Shared anonymous memory never merges with
-    /// the task's own private mappings.
+    /// the task's own private mappings. At restore it is executable too,
+    /// and holds the code of [`Remote::batch`].
     pub fn map_scratch(&mut self, fixed: Option<u64>) -> Result<u64> {
         let (addr, flags) = match fixed {
             Some(a) => (a, libc::MAP_FIXED_NOREPLACE),
             None => (0, 0),
+        };
+        let restoring = self.dump.is_none();
+        let prot = if restoring {
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
         };
         let got = self.call(
             "mmap of the scratch area",
@@ -256,7 +330,7 @@ impl Remote {
             [
                 addr,
                 SCRATCH_LEN as u64,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                prot as u64,
                 (libc::MAP_SHARED | libc::MAP_ANONYMOUS | flags) as u64,
                 u64::MAX,
                 0,
@@ -269,6 +343,9 @@ impl Remote {
             });
         }
         self.scratch = Some(got);
+        if restoring {
+            self.put(BATCH_AT, &BATCH_CODE)?;
+        }
         Ok(got)
     }
 

@@ -61,6 +61,11 @@ pub fn restore(r: &Remote, actions: &[pb::SaEntry], file: &str) -> Result<()> {
             what: format!("{} sigactions, at most {NSIG} signals exist", actions.len()),
         });
     }
+    // Every struct k_sigaction that differs from crust's own (which the
+    // task inherited) goes into the scratch area, one after the other;
+    // then one batch sets them all.
+    let mut structs = Vec::new();
+    let mut calls = Vec::new();
     for (i, a) in actions.iter().enumerate() {
         let sig = i as u64 + 1;
         if !settable(sig) {
@@ -70,13 +75,17 @@ pub fn restore(r: &Remote, actions: &[pb::SaEntry], file: &str) -> Result<()> {
         if crust_sys::clone::own_sigaction(sig as i32).ok() == Some(want) {
             continue;
         }
-        let k: Vec<u8> = want.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let p = r.put(0, &k)?;
-        r.call(
-            &format!("rt_sigaction({sig})"),
-            libc::SYS_rt_sigaction,
-            [sig, p, 0, 8, 0, 0],
-        )?;
+        let at = r.scratch() + structs.len() as u64;
+        structs.extend(want.iter().flat_map(|v| v.to_le_bytes()));
+        calls.push(crate::remote::Call {
+            what: format!("rt_sigaction({sig})"),
+            nr: libc::SYS_rt_sigaction,
+            args: [sig, at, 0, 8, 0, 0],
+        });
     }
-    Ok(())
+    if calls.is_empty() {
+        return Ok(());
+    }
+    r.put(0, &structs)?;
+    r.batch(&calls).map(drop)
 }

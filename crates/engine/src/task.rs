@@ -10,7 +10,7 @@ use crust_sys::ptrace::{self, Regs, UserDesc};
 use crust_sys::task::{get_sched, robust_list, set_nice, set_sched, xsave_component};
 
 use crate::error::{Context, Error, Result};
-use crate::remote::Remote;
+use crate::remote::{Call, Remote};
 
 /// `TASK_ALIVE` in task_core_entry.task_state.
 pub const TASK_ALIVE: u32 = 1;
@@ -590,18 +590,24 @@ pub fn set_comm(r: &Remote, comm: &str) -> Result<()> {
 /// clone, so those are only set when needed; `comm_now` is the name it
 /// already has.
 pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool, comm_now: &str) -> Result<()> {
+    let call = |what: &str, nr: i64, args: [u64; 6]| Call {
+        what: what.to_string(),
+        nr,
+        args,
+    };
+    let mut calls = Vec::new();
     if !new_thread {
-        r.call(
+        calls.push(call(
             "set_tid_address",
             libc::SYS_set_tid_address,
             [p.ti.clear_tid_addr, 0, 0, 0, 0, 0],
-        )?;
+        ));
     }
-    r.call(
+    calls.push(call(
         "set_robust_list",
         libc::SYS_set_robust_list,
         [p.th.futex_rla, p.th.futex_rla_len as u64, 0, 0, 0, 0],
-    )?;
+    ));
     let sas =
         p.th.sas
             .as_ref()
@@ -613,11 +619,15 @@ pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool, comm_now: &str)
         st.extend(0u32.to_ne_bytes());
         st.extend(sas.ss_size.to_ne_bytes());
         let a = r.put(0, &st)?;
-        r.call("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+        calls.push(call(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [a, 0, 0, 0, 0, 0],
+        ));
     }
     if let Some(rs) = &p.th.rseq_entry {
         if rs.rseq_abi_pointer != 0 {
-            r.call(
+            calls.push(call(
                 "rseq register",
                 libc::SYS_rseq,
                 [
@@ -628,29 +638,37 @@ pub fn restore_late(r: &Remote, p: &CoreParts, new_thread: bool, comm_now: &str)
                     0,
                     0,
                 ],
-            )?;
+            ));
         }
     }
     if let Some(tc) = p.tc {
-        r.call(
+        calls.push(call(
             "personality",
             libc::SYS_personality,
             [tc.personality as u64, 0, 0, 0, 0, 0],
-        )?;
+        ));
     }
     let comm = comm_of(p);
     if comm != comm_now {
-        set_comm(r, comm)?;
+        let mut name = comm.as_bytes().to_vec();
+        name.push(0);
+        // After the sigaltstack struct.
+        let a = r.put(64, &name)?;
+        calls.push(call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [PR_SET_NAME, a, 0, 0, 0, 0],
+        ));
     }
     let pdeath = p.th.pdeath_sig.unwrap_or(0);
     if !new_thread || pdeath != 0 {
-        r.call(
+        calls.push(call(
             "prctl(PR_SET_PDEATHSIG)",
             libc::SYS_prctl,
             [PR_SET_PDEATHSIG, pdeath as u64, 0, 0, 0, 0],
-        )?;
+        ));
     }
-    Ok(())
+    r.batch(&calls).map(drop)
 }
 
 /// Set the dumpable flag as dumped (after credentials, which reset it).

@@ -115,6 +115,77 @@ impl RemoteSyscaller {
     }
 }
 
+/// x86-64 code that runs a table of syscalls in the task, `rbx` pointing
+/// at its first entry ([`BATCH_ENTRY`] bytes: the number, six arguments,
+/// the result written back). It stops at a number of [`BATCH_END`] or
+/// after the first call that fails (-4095..-1), with `int3`:
+///
+/// ```text
+/// 0:  mov rax,[rbx]      cmp rax,-1      je 53
+/// 9:  mov rdi,[rbx+8]    mov rsi,[rbx+16]  mov rdx,[rbx+24]
+///     mov r10,[rbx+32]   mov r8,[rbx+40]   mov r9,[rbx+48]
+/// 33: syscall            mov [rbx+56],rax
+/// 39: cmp rax,-4095      jae 53          add rbx,64     jmp 0
+/// 53: int3
+/// ```
+pub const BATCH_CODE: [u8; 54] = [
+    0x48, 0x8b, 0x03, // mov rax, [rbx]
+    0x48, 0x83, 0xf8, 0xff, // cmp rax, -1
+    0x74, 0x2c, // je done
+    0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx+8]
+    0x48, 0x8b, 0x73, 0x10, // mov rsi, [rbx+16]
+    0x48, 0x8b, 0x53, 0x18, // mov rdx, [rbx+24]
+    0x4c, 0x8b, 0x53, 0x20, // mov r10, [rbx+32]
+    0x4c, 0x8b, 0x43, 0x28, // mov r8, [rbx+40]
+    0x4c, 0x8b, 0x4b, 0x30, // mov r9, [rbx+48]
+    0x0f, 0x05, // syscall
+    0x48, 0x89, 0x43, 0x38, // mov [rbx+56], rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
+    0x73, 0x06, // jae done
+    0x48, 0x83, 0xc3, 0x40, // add rbx, 64
+    0xeb, 0xcb, // jmp 0
+    0xcc, // done: int3
+];
+/// Bytes of one entry of a [`BATCH_CODE`] table.
+pub const BATCH_ENTRY: usize = 64;
+/// The number that ends a [`BATCH_CODE`] table.
+pub const BATCH_END: u64 = u64::MAX;
+
+impl RemoteSyscaller {
+    /// Run the syscall table at `table` in the task with [`BATCH_CODE`] at
+    /// `code` (both written there by the caller), with one resume of the
+    /// thread; the results are in the table. Every signal but SIGKILL must
+    /// be blocked in the thread, as for [`RemoteSyscaller::raw`].
+    pub fn run_batch(&self, code: u64, table: u64) -> io::Result<()> {
+        let mut regs = call_regs(self.base, code, 0, [0; 6]);
+        regs.rbx = table;
+        ptrace::set_regs(self.tid, &regs)?;
+        ptrace::resume(self.tid, 0)?;
+        loop {
+            match ptrace::wait(self.tid)? {
+                WaitEvent::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => return Ok(()),
+                // Not ours (see step_over): go on.
+                WaitEvent::Stopped { .. } => ptrace::resume(self.tid, 0)?,
+                WaitEvent::Exited(code) => {
+                    return Err(io::Error::other(format!(
+                        "task {} exited with {code} during remote syscalls",
+                        self.tid
+                    )))
+                }
+                WaitEvent::Signaled(sig) => {
+                    return Err(io::Error::other(format!(
+                        "task {} was killed by signal {sig} during remote syscalls",
+                        self.tid
+                    )))
+                }
+            }
+        }
+    }
+}
+
 /// Resume `tid` to its next syscall entry or exit stop.
 fn syscall_step(tid: pid_t) -> io::Result<()> {
     ptrace::resume_to_syscall(tid)

@@ -16,8 +16,7 @@ pub struct Watchdog {
     pid: pid_t,
 }
 
-/// Fork a watchdog over the processes of `pidfds`. The caller must be
-/// single-threaded, as for [`crate::clone::fork_with`]. The watchdog keeps
+/// Fork a watchdog over the processes of `pidfds`. The watchdog keeps
 /// only the pidfds and its pipe, blocks every signal it can, and holds no
 /// fd that other processes wait on.
 pub fn spawn(pidfds: &[OwnedFd]) -> io::Result<Watchdog> {
@@ -33,10 +32,15 @@ pub fn spawn(pidfds: &[OwnedFd]) -> io::Result<Watchdog> {
         .collect();
     let targets: Vec<RawFd> = pidfds.iter().map(|f| f.as_raw_fd()).collect();
     let read_fd = read.as_raw_fd();
-    let pid = crate::clone::fork_with(0, None, move || {
-        // SAFETY: only raw syscalls on plain values from here: the child
-        // closes fds it does not own in Rust terms but that are copies, and
-        // it exits with _exit.
+    // SAFETY: the child runs only raw syscalls on values built before the
+    // fork (no allocation, no lock), so other threads of crust (a mover
+    // just joined and not yet gone) do not matter; it leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: as above; the fds closed are the child's copies.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
@@ -56,9 +60,9 @@ pub fn spawn(pidfds: &[OwnedFd]) -> io::Result<Watchdog> {
                     libc::syscall(libc::SYS_pidfd_send_signal, *fd, libc::SIGKILL, 0, 0);
                 }
             }
+            libc::_exit(0);
         }
-        0
-    })?;
+    }
     drop(read);
     Ok(Watchdog {
         arm: Some(write),
