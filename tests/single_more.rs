@@ -546,3 +546,43 @@ fn leave_running_twice() {
     wait_restored(w.pid, Duration::from_secs(10));
     w.terminate_and_check();
 }
+
+/// A private mapping the kernel refuses (its flags rewritten in the image
+/// to MAP_SHARED_VALIDATE with a flag no kernel knows): the restore fails naming that mmap
+/// and its range, though it ran in a batch with the process's other
+/// mappings, and leaves nothing behind; the images put back restore.
+#[test]
+fn refused_mapping_in_a_batch_is_named() {
+    use crust_image::{names, pb, ImageKind};
+    let mut w = Workload::start("counter", &[]);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &[]).ok();
+    w.reap_original();
+    let mm_name = names::mm(w.pid as u32);
+    let path = dir.join(&mm_name);
+    let orig = fs::read(&path).unwrap();
+    let mut mm: Vec<pb::MmEntry> = crust_image::read_entries(&path, ImageKind::Mm).unwrap();
+    // The last private anonymous VMA (the stack is one).
+    const VMA_ANON_PRIVATE: u32 = 1 << 9;
+    let v = mm[0]
+        .vmas
+        .iter_mut()
+        .rev()
+        .find(|v| v.status & VMA_ANON_PRIVATE != 0 && v.status & 1 != 0)
+        .expect("a private anonymous VMA");
+    v.flags = (v.flags & !0xf) | 0x03 | 0x0200_0000;
+    let range = format!("mmap of {:#x}-{:#x}", v.start, v.end);
+    crust_image::write_entries(&path, ImageKind::Mm, &mm).unwrap();
+    forget_manifest(&dir);
+    restore(&w, &dir, &["-d"]).fails().stderr_names(&[
+        &range,
+        &format!("in pid {}", w.pid),
+        "os error",
+    ]);
+    assert_pid_free(w.pid);
+    fs::write(&path, orig).unwrap();
+    restore(&w, &dir, &["-d"]).ok();
+    w.mark_restored();
+    wait_restored(w.pid, Duration::from_secs(10));
+    w.terminate_and_check();
+}
