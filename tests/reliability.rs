@@ -88,6 +88,28 @@ impl Soak {
             .collect()
     }
 
+    /// Dump the tree (which is gone after), wait until its pids are free
+    /// and keep its record files as the dump saw them; returns the images.
+    fn dumped(&mut self) -> PathBuf {
+        let dir = self.w.images_dir("img");
+        dump(&self.w, &dir, &[]).ok();
+        self.w.reap_original();
+        self.wait_free();
+        self.save_files();
+        dir
+    }
+
+    /// Restore `dir` once more (the record files put back first), check
+    /// the tree whole and running, then end it and check its verdict.
+    fn restore_and_finish(&mut self, dir: &Path) {
+        self.reset_files();
+        restore(&self.w, dir, &["-d"]).ok();
+        self.w.mark_restored();
+        self.assert_whole_and_running("after the next restore");
+        self.w.terminate_and_check();
+        self.wait_free();
+    }
+
     /// Keep a copy of the record files as a dump saw them: a restore wants
     /// its files as they were (crust checks their sizes).
     fn save_files(&self) {
@@ -590,11 +612,7 @@ fn dump_killed_at_random_moments() {
 #[test]
 fn restore_killed_at_random_moments() {
     let mut soak = Soak::start();
-    let dir = soak.w.images_dir("img");
-    dump(&soak.w, &dir, &[]).ok();
-    soak.w.reap_original();
-    soak.wait_free();
-    soak.save_files();
+    let dir = soak.dumped();
     let args = ["restore", "-D", s(&dir), "-d"];
     // The shortest of three whole restores.
     let mut span = u64::MAX;
@@ -696,11 +714,7 @@ fn reap_if_ours(pid: i32) {
 fn restore_killed_while_letting_the_tree_go() {
     let mut soak = Soak::start();
     let tids: usize = soak.pids.iter().map(|&p| threads(p).len()).sum();
-    let dir = soak.w.images_dir("img");
-    dump(&soak.w, &dir, &[]).ok();
-    soak.w.reap_original();
-    soak.wait_free();
-    soak.save_files();
+    let dir = soak.dumped();
     let log = soak.w.scratch.join("crust.log");
     let args = ["restore", "-D", s(&dir), "-d"];
     let detaches = libc::PTRACE_DETACH as u64;
@@ -724,12 +738,7 @@ fn restore_killed_while_letting_the_tree_go() {
             assert_pid_free(p);
         }
     }
-    soak.reset_files();
-    restore(&soak.w, &dir, &["-d"]).ok();
-    soak.w.mark_restored();
-    soak.assert_whole_and_running("after the next restore");
-    soak.w.terminate_and_check();
-    soak.wait_free();
+    soak.restore_and_finish(&dir);
 }
 
 /// A restore that fails after the restored processes have their threads
@@ -738,11 +747,7 @@ fn restore_killed_while_letting_the_tree_go() {
 #[test]
 fn restore_failing_after_threads_exist_leaves_nothing() {
     let mut soak = Soak::start();
-    let dir = soak.w.images_dir("img");
-    dump(&soak.w, &dir, &[]).ok();
-    soak.w.reap_original();
-    soak.wait_free();
-    soak.save_files();
+    let dir = soak.dumped();
     let log = soak.w.scratch.join("crust.log");
     let args = ["restore", "-D", s(&dir), "-d"];
     const PTRACE_SETREGSET: u64 = 0x4205;
@@ -774,12 +779,7 @@ fn restore_failing_after_threads_exist_leaves_nothing() {
             assert_pid_free(p);
         }
     }
-    soak.reset_files();
-    restore(&soak.w, &dir, &["-d"]).ok();
-    soak.w.mark_restored();
-    soak.assert_whole_and_running("after the next restore");
-    soak.w.terminate_and_check();
-    soak.wait_free();
+    soak.restore_and_finish(&dir);
 }
 
 /// A dump that fails, at several moments (a ptrace call made to fail), or

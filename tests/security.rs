@@ -121,6 +121,21 @@ fn start_as(uid: u32, scratch: Scratch, name: &str, args: &[&str]) -> Workload {
     w
 }
 
+/// Workload `name` started as `uid` with a DIR argument (a folder of
+/// `uid`'s in its scratch dir), dumped by root (the task is gone after);
+/// returns it, its DIR and the images.
+fn dumped_as(uid: u32, tag: &str, name: &str) -> (Workload, PathBuf, PathBuf) {
+    let scratch = Scratch::new(tag);
+    let data = scratch.subdir("data");
+    std::os::unix::fs::chown(&data, Some(uid), Some(uid)).unwrap();
+    let mut w = start_as(uid, scratch, name, &[s(&data)]);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &[]).ok();
+    w.reap_original();
+    assert_images_decode_fast(&dir);
+    (w, data, dir)
+}
+
 /// Run crust (a copy in `scratch`) with `args` as `uid` with capabilities.
 fn crust_as(uid: u32, crust_copy: &Path, args: &[&str]) -> Output {
     Command::new("setpriv")
@@ -231,21 +246,13 @@ fn non_root_caller_round_trip_of_its_own_task() {
 
 /// A task of another user holds a deleted file; after the dump, its folder
 /// becomes root's and the images are handed to that user. Root's restore
-/// refuses to recreate the file there (the
-/// task could not), naming the path and whose identity it used, creates
+/// refuses to recreate the file there (the task could not), naming the path and whose identity it used, creates
 /// nothing and leaves no process; with --trust-image-paths it is created
 /// as CRIU would, and the task checks the file itself.
 #[test]
 fn deleted_file_where_the_task_cannot_write_refused() {
     const UID: u32 = 4243;
-    let scratch = Scratch::new("sec-ghost");
-    let data = scratch.subdir("data");
-    std::os::unix::fs::chown(&data, Some(UID), Some(UID)).unwrap();
-    let mut w = start_as(UID, scratch, "ghost", &[s(&data)]);
-    let dir = w.images_dir("img");
-    dump(&w, &dir, &[]).ok();
-    w.reap_original();
-    assert_images_decode_fast(&dir);
+    let (mut w, data, dir) = dumped_as(UID, "sec-ghost", "ghost");
     hand_over(&dir, UID);
     std::os::unix::fs::chown(&data, Some(0), Some(0)).unwrap();
     fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
@@ -280,13 +287,7 @@ fn deleted_file_where_the_task_cannot_write_refused() {
 #[test]
 fn file_the_task_can_no_longer_open_refused() {
     const UID: u32 = 4244;
-    let scratch = Scratch::new("sec-reg");
-    let data = scratch.subdir("data");
-    std::os::unix::fs::chown(&data, Some(UID), Some(UID)).unwrap();
-    let mut w = start_as(UID, scratch, "files", &[s(&data)]);
-    let dir = w.images_dir("img");
-    dump(&w, &dir, &[]).ok();
-    w.reap_original();
+    let (mut w, data, dir) = dumped_as(UID, "sec-reg", "files");
     hand_over(&dir, UID);
     let rw = data.join(RW_NAME);
     let mode = fs::metadata(&rw).unwrap().permissions().mode();
@@ -316,13 +317,7 @@ fn file_the_task_can_no_longer_open_refused() {
 #[test]
 fn image_path_rewritten_to_a_root_file_refused() {
     const UID: u32 = 4245;
-    let scratch = Scratch::new("sec-hostile");
-    let data = scratch.subdir("data");
-    std::os::unix::fs::chown(&data, Some(UID), Some(UID)).unwrap();
-    let mut w = start_as(UID, scratch, "files", &[s(&data)]);
-    let dir = w.images_dir("img");
-    dump(&w, &dir, &[]).ok();
-    w.reap_original();
+    let (w, data, dir) = dumped_as(UID, "sec-hostile", "files");
     // A root-only folder with a file just like rw.txt.
     let secret_dir = w.scratch.subdir("root-only");
     fs::set_permissions(&secret_dir, fs::Permissions::from_mode(0o700)).unwrap();

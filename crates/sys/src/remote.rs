@@ -84,6 +84,13 @@ impl RemoteSyscaller {
 
     fn step_over(&self) -> io::Result<()> {
         ptrace::single_step(self.tid, 0)?;
+        self.wait_trap(|tid| ptrace::single_step(tid, 0))
+    }
+
+    /// Wait until the thread, resumed by the caller, stops with SIGTRAP (a
+    /// finished step, an int3 or a syscall stop); `again` resumes it past
+    /// any other stop.
+    fn wait_trap(&self, again: impl Fn(pid_t) -> io::Result<()>) -> io::Result<()> {
         loop {
             match ptrace::wait(self.tid)? {
                 WaitEvent::Stopped { sig, event: 0 }
@@ -96,7 +103,7 @@ impl RemoteSyscaller {
                     // clone of a new thread, a group stop, or a signal crust
                     // could not block such as SIGSTOP): swallow it and go
                     // on; the caller blocked every other signal.
-                    ptrace::single_step(self.tid, 0)?;
+                    again(self.tid)?;
                 }
                 WaitEvent::Exited(code) => {
                     return Err(io::Error::other(format!(
@@ -161,28 +168,7 @@ impl RemoteSyscaller {
         regs.rbx = table;
         ptrace::set_regs(self.tid, &regs)?;
         ptrace::resume(self.tid, 0)?;
-        loop {
-            match ptrace::wait(self.tid)? {
-                WaitEvent::Stopped {
-                    sig: libc::SIGTRAP,
-                    event: 0,
-                } => return Ok(()),
-                // Not ours (see step_over): go on.
-                WaitEvent::Stopped { .. } => ptrace::resume(self.tid, 0)?,
-                WaitEvent::Exited(code) => {
-                    return Err(io::Error::other(format!(
-                        "task {} exited with {code} during remote syscalls",
-                        self.tid
-                    )))
-                }
-                WaitEvent::Signaled(sig) => {
-                    return Err(io::Error::other(format!(
-                        "task {} was killed by signal {sig} during remote syscalls",
-                        self.tid
-                    )))
-                }
-            }
-        }
+        self.wait_trap(|tid| ptrace::resume(tid, 0))
     }
 }
 
