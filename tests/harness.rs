@@ -565,6 +565,17 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
+        // A restore the test expected to fail may have brought the task
+        // back: a process at its pid whose command line names this test's
+        // scratch dir is it, and goes too.
+        let ours_again = self.reaped
+            && fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
+                let dir = self.scratch.path().as_os_str().as_encoded_bytes();
+                c.windows(dir.len()).any(|w| w == dir)
+            });
+        if ours_again {
+            self.reaped = false;
+        }
         if !self.reaped && Path::new(&format!("/proc/{}", self.pid)).exists() {
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
             let t0 = Instant::now();
