@@ -330,16 +330,32 @@ pub fn own_fs_identity() -> io::Result<FsIdentity> {
 pub struct ActingAs {
     saved: FsIdentity,
     caps: [u64; 3],
+    /// Whether the ids and groups changed (or only the capabilities).
+    ids_changed: bool,
 }
 
 /// Act with `id`'s filesystem identity on the calling thread (its
 /// capabilities cut to those the thread has). Needs CAP_SETUID,
 /// CAP_SETGID and the capabilities of `id`.
+/// Ids and groups that are the thread's already are left alone, so that
+/// only dropping capabilities (which needs none) is done then.
 pub fn act_as(id: &FsIdentity) -> io::Result<ActingAs> {
     let saved = own_fs_identity()?;
     let caps = own_caps()?;
-    let guard = ActingAs { saved, caps };
-    set_fs_ids(id.fsuid, id.fsgid, &id.groups)?;
+    let mut own_groups = saved.groups.clone();
+    own_groups.sort_unstable();
+    let mut want_groups = id.groups.clone();
+    want_groups.sort_unstable();
+    let ids_changed =
+        saved.fsuid != id.fsuid || saved.fsgid != id.fsgid || own_groups != want_groups;
+    let guard = ActingAs {
+        saved,
+        caps,
+        ids_changed,
+    };
+    if ids_changed {
+        set_fs_ids(id.fsuid, id.fsgid, &id.groups)?;
+    }
     set_own_caps([id.cap_eff & caps[1], caps[1], caps[2]])?;
     Ok(guard)
 }
@@ -348,8 +364,13 @@ impl Drop for ActingAs {
     fn drop(&mut self) {
         // Back to the saved identity: capabilities first, as setfsuid and
         // setgroups need CAP_SETUID and CAP_SETGID.
-        let back = set_own_caps(self.caps)
-            .and_then(|()| set_fs_ids(self.saved.fsuid, self.saved.fsgid, &self.saved.groups));
+        let back = set_own_caps(self.caps).and_then(|()| {
+            if self.ids_changed {
+                set_fs_ids(self.saved.fsuid, self.saved.fsgid, &self.saved.groups)
+            } else {
+                Ok(())
+            }
+        });
         // setfsuid to 0 raises the fs capabilities again: put back exactly.
         let back = back.and_then(|()| set_own_caps(self.caps));
         if let Err(e) = back {
