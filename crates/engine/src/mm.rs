@@ -722,8 +722,9 @@ const MMAP_FLOOR: u64 = 0x10000;
 const TASK_TOP: u64 = 0x7fff_ffff_f000;
 
 /// Unmap every mapping the restored child inherited from crust except the
-/// vdso area and the `keep` ranges (its premapped memory), then move the
-/// vdso area to its dumped place.
+/// vdso area, the scratch area (which must be mapped) and the `keep`
+/// ranges (its premapped memory), then move the vdso area to its dumped
+/// place: one batch each.
 pub fn clear_and_move_vdso(
     r: &mut Remote,
     mm: &pb::MmEntry,
@@ -742,9 +743,16 @@ pub fn clear_and_move_vdso(
             "a contiguous [vvar]..[vdso] area in pid {pid}"
         )));
     }
-    // Everything below and above the vdso area goes, in two calls (more
-    // around premapped ranges).
+    // Everything below and above the vdso area goes but the scratch area
+    // and premapped ranges, in one batch.
     let (lo, hi) = (now[0].start, now.last().unwrap().end);
+    let scratch = r.scratch();
+    let mut keep: Vec<(u64, u64)> = keep
+        .iter()
+        .copied()
+        .chain([(scratch, scratch + SCRATCH_LEN as u64)])
+        .collect();
+    keep.sort_unstable();
     let mut gaps = Vec::new();
     for (start, end) in [(MMAP_FLOOR, lo), (hi, TASK_TOP)] {
         let mut at = start;
@@ -754,15 +762,16 @@ pub fn clear_and_move_vdso(
         }
         gaps.push((at, end));
     }
-    for (start, end) in gaps {
-        if end > start {
-            r.call(
-                "munmap of the inherited mappings",
-                libc::SYS_munmap,
-                [start, end - start, 0, 0, 0, 0],
-            )?;
-        }
-    }
+    let unmaps: Vec<Call> = gaps
+        .into_iter()
+        .filter(|(start, end)| end > start)
+        .map(|(start, end)| Call {
+            what: format!("munmap of the inherited mappings at {start:#x}-{end:#x}"),
+            nr: libc::SYS_munmap,
+            args: [start, end - start, 0, 0, 0, 0],
+        })
+        .collect();
+    r.batch(&unmaps)?;
     let want: Vec<&pb::VmaEntry> = mm
         .vmas
         .iter()
@@ -788,60 +797,59 @@ pub fn clear_and_move_vdso(
         .collect();
     let span = hi - lo;
     let (new_lo, new_hi) = (want[0].start, want[0].start + span);
-    if new_hi <= lo || new_lo >= hi {
-        // The places do not overlap: move each part straight there.
-        for &(old, len, new) in &moves {
-            mremap(r, old, len, new)?;
-            r.moved(old, len, new);
-        }
-        return Ok(());
-    }
-    // Park the area where neither the old nor the new place is, then move it
-    // into place, so that no step overlaps another.
-    let park = if lo.min(new_lo) > span + (1 << 30) {
-        lo.min(new_lo) - span - (1 << 28)
+    // The steps (from, len, to): straight there when the places do not
+    // overlap; else by a place where neither the old nor the new one is,
+    // so that no step overlaps another.
+    let steps: Vec<(u64, u64, u64)> = if new_hi <= lo || new_lo >= hi {
+        moves
     } else {
-        hi.max(new_hi) + (1 << 28)
+        let park = if lo.min(new_lo) > span + (1 << 30) {
+            lo.min(new_lo) - span - (1 << 28)
+        } else {
+            hi.max(new_hi) + (1 << 28)
+        };
+        let there = moves
+            .iter()
+            .map(|&(old, len, _)| (old, len, park + (old - lo)));
+        let back = moves
+            .iter()
+            .map(|&(old, len, new)| (park + (old - lo), len, new));
+        there.chain(back).collect()
     };
-    for &(old, len, _) in &moves {
-        let tmp = park + (old - lo);
-        mremap(r, old, len, tmp)?;
-        r.moved(old, len, tmp);
-    }
-    for &(old, len, new) in &moves {
-        let tmp = park + (old - lo);
-        mremap(r, tmp, len, new)?;
-        r.moved(tmp, len, new);
-    }
-    Ok(())
-}
-
-fn mremap(r: &Remote, old: u64, len: u64, new: u64) -> Result<()> {
-    let got = r.call(
-        "mremap of the vdso area",
-        libc::SYS_mremap,
-        [
-            old,
-            len,
-            len,
-            (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-            new,
-            0,
-        ],
-    )?;
-    if got != new {
-        return Err(Error::Restore {
-            pid: r.pid(),
-            what: format!("mremap moved {old:#x} to {got:#x}, not {new:#x}"),
-        });
+    let calls: Vec<Call> = steps
+        .iter()
+        .map(|&(old, len, new)| Call {
+            what: format!("mremap of the vdso area {old:#x} to {new:#x}"),
+            nr: libc::SYS_mremap,
+            args: [
+                old,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                new,
+                0,
+            ],
+        })
+        .collect();
+    for (&(old, len, new), got) in steps.iter().zip(r.batch(&calls)?) {
+        if got != new {
+            return Err(Error::Restore {
+                pid: r.pid(),
+                what: format!("mremap moved {old:#x} to {got:#x}, not {new:#x}"),
+            });
+        }
+        r.moved(old, len, new);
     }
     Ok(())
 }
 
-/// A free address range for the scratch area in the dumped layout.
-pub fn scratch_gap(mm: &pb::MmEntry) -> u64 {
+/// A free address range for the scratch area in the dumped layout and in
+/// the process as it is now (`pid`, crust's fork), so that it can be
+/// mapped first and outlive the clearing of the inherited mappings.
+pub fn scratch_gap(mm: &pb::MmEntry, pid: i32) -> Result<u64> {
     let mut cand: u64 = 16 << 20;
     let mut vmas: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    vmas.extend(procfs::read_maps(pid)?.iter().map(|v| (v.start, v.end)));
     vmas.sort_unstable();
     for (s, e) in vmas {
         if cand + SCRATCH_LEN as u64 <= s {
@@ -849,7 +857,7 @@ pub fn scratch_gap(mm: &pb::MmEntry) -> u64 {
         }
         cand = cand.max(e);
     }
-    cand
+    Ok(cand)
 }
 
 /// The files restored processes map (and their exe files), opened once by

@@ -553,8 +553,9 @@ fn begin<'a>(
     let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
     let mut r = Remote::new(pid, regs)?;
     task::unregister_rseq(&r)?;
+    // The scratch area first, so that the clearing runs in batches.
+    r.map_scratch(Some(mm::scratch_gap(&p.mm, pid)?))?;
     mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name, &ready.premapped)?;
-    r.map_scratch(Some(mm::scratch_gap(&p.mm)))?;
     if drain_sigchld {
         sessions::drain_sigchld(&r)?;
     }
