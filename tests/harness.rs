@@ -821,6 +821,17 @@ fn tail(path: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Restore `dir` detached (with `extra` options), wait until `w`'s pid
+/// runs on its own again, then SIGTERM it and assert PASS.
+pub fn restore_and_check(w: &mut Workload, dir: &Path, extra: &[&str]) {
+    let mut args = vec!["-d"];
+    args.extend_from_slice(extra);
+    restore(w, dir, &args).ok();
+    w.mark_restored();
+    wait_restored(w.pid, Duration::from_secs(10));
+    w.terminate_and_check();
+}
+
 /// Dump `w` (default: kill), check the original is gone, decode the images
 /// with crit, restore detached, check the same pid is back, SIGTERM it and
 /// assert PASS.

@@ -204,10 +204,7 @@ fn non_root_caller_refused_another_users_task() {
         assert!(said.contains(needle), "no {needle:?} in: {said}");
     }
     assert_pid_free(w.pid);
-    restore(&w, &dir, &["-d"]).ok();
-    w.mark_restored();
-    wait_restored(w.pid, Duration::from_secs(10));
-    w.terminate_and_check();
+    restore_and_check(&mut w, &dir, &[]);
 }
 
 /// A user with crust's capabilities dumps and restores its own task
@@ -303,10 +300,7 @@ fn file_the_task_can_no_longer_open_refused() {
     assert_pid_free(w.pid);
     std::os::unix::fs::chown(&rw, Some(UID), Some(UID)).unwrap();
     fs::set_permissions(&rw, fs::Permissions::from_mode(mode)).unwrap();
-    restore(&w, &dir, &["-d"]).ok();
-    w.mark_restored();
-    wait_restored(w.pid, Duration::from_secs(10));
-    w.terminate_and_check();
+    restore_and_check(&mut w, &dir, &[]);
 }
 
 /// A hostile image: the path of a task's file rewritten to a root-only

@@ -581,8 +581,5 @@ fn refused_mapping_in_a_batch_is_named() {
     ]);
     assert_pid_free(w.pid);
     fs::write(&path, orig).unwrap();
-    restore(&w, &dir, &["-d"]).ok();
-    w.mark_restored();
-    wait_restored(w.pid, Duration::from_secs(10));
-    w.terminate_and_check();
+    restore_and_check(&mut w, &dir, &[]);
 }

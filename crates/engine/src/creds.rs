@@ -40,8 +40,6 @@ const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
 const SECBITS_KNOWN: u32 = 0xff;
 const CAP_SETPCAP: u32 = 8;
 const CAP_SYS_RESOURCE: u32 = 24;
-/// `_LINUX_CAPABILITY_VERSION_3`.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const SECCOMP_MODE_STRICT: u32 = 1;
 const SECCOMP_MODE_FILTER: u32 = 2;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
@@ -69,10 +67,10 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The caller of this crust, from /proc/self/status. A set-user-ID or
-    /// set-group-ID crust (ids that differ) is refused.
-    pub fn current() -> Result<Caller> {
-        let me = procfs::read_status(std::process::id() as i32)?;
+    /// The caller of this crust, from its own status `me`
+    /// (/proc/self/status). A set-user-ID or set-group-ID crust (ids that
+    /// differ) is refused.
+    pub fn of(me: &Status) -> Result<Caller> {
         if me.uid[..3].iter().any(|&u| u != me.uid[0])
             || me.gid[..3].iter().any(|&g| g != me.gid[0])
         {
@@ -445,7 +443,7 @@ impl Restorer {
                 oom_score_adj: oom.trim().parse().unwrap_or(0),
                 cpus: sc::get_affinity(0).ctx(|| "crust's own CPU affinity".into())?,
                 in_seccomp: me.seccomp.unwrap_or(0) != 0,
-                caller: Caller::current()?,
+                caller: Caller::of(&me)?,
             },
         })
     }
@@ -905,7 +903,7 @@ fn restore_creds(r: &Remote, pid: i32, tid: i32, c: &pb::CredsEntry, last_cap: u
 /// capset(2) of the calling thread, version 3 (64-bit sets).
 fn capset(r: &Remote, eff: u64, prm: u64, inh: u64) -> Result<()> {
     let mut hdr = Vec::with_capacity(8);
-    hdr.extend(CAPABILITY_VERSION_3.to_ne_bytes());
+    hdr.extend(sc::CAPABILITY_VERSION_3.to_ne_bytes());
     hdr.extend(0i32.to_ne_bytes());
     // struct __user_cap_data_struct[2]: {effective, permitted, inheritable}
     // for the low words, then for the high words.

@@ -83,8 +83,8 @@ pub(crate) fn us(since: Instant) -> u64 {
 /// Refuse to run without the privileges crust needs: CAP_SYS_ADMIN and
 /// CAP_SYS_PTRACE (root, or a user given them); returns who runs it.
 fn check_privileges() -> Result<creds::Caller> {
-    let caller = creds::Caller::current()?;
     let status = procfs::read_status(std::process::id() as i32)?;
+    let caller = creds::Caller::of(&status)?;
     for (bit, name) in [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")] {
         if status.cap_eff & (1u64 << bit) == 0 {
             return Err(Error::Privilege(format!(

@@ -724,15 +724,15 @@ const TASK_TOP: u64 = 0x7fff_ffff_f000;
 /// Unmap every mapping the restored child inherited from crust except the
 /// vdso area, the scratch area (which must be mapped) and the `keep`
 /// ranges (its premapped memory), then move the vdso area to its dumped
-/// place: one batch each.
+/// place: one batch each. `current` is the process's mappings now.
 pub fn clear_and_move_vdso(
     r: &mut Remote,
     mm: &pb::MmEntry,
     file: &str,
     keep: &[(u64, u64)],
+    current: &[Vma],
 ) -> Result<()> {
     let pid = r.pid();
-    let current = procfs::read_maps(pid)?;
     let now: Vec<&Vma> = current
         .iter()
         .filter(|v| matches!(v.path, VmaPath::Vdso | VmaPath::Vvar | VmaPath::VvarVclock))
@@ -843,13 +843,22 @@ pub fn clear_and_move_vdso(
     Ok(())
 }
 
+/// The file ids of the files `mm` maps, once per mapping.
+pub fn mapped_file_ids(mm: &pb::MmEntry) -> impl Iterator<Item = u32> + '_ {
+    mm.vmas
+        .iter()
+        .filter(|v| v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0)
+        .map(|v| v.shmid as u32)
+}
+
 /// A free address range for the scratch area in the dumped layout and in
-/// the process as it is now (`pid`, crust's fork), so that it can be
-/// mapped first and outlive the clearing of the inherited mappings.
-pub fn scratch_gap(mm: &pb::MmEntry, pid: i32) -> Result<u64> {
+/// the process as it is now (its mappings `current`, crust's fork), so
+/// that it can be mapped first and outlive the clearing of the inherited
+/// mappings.
+pub fn scratch_gap(mm: &pb::MmEntry, current: &[Vma]) -> u64 {
     let mut cand: u64 = 16 << 20;
     let mut vmas: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
-    vmas.extend(procfs::read_maps(pid)?.iter().map(|v| (v.start, v.end)));
+    vmas.extend(current.iter().map(|v| (v.start, v.end)));
     vmas.sort_unstable();
     for (s, e) in vmas {
         if cand + SCRATCH_LEN as u64 <= s {
@@ -857,7 +866,7 @@ pub fn scratch_gap(mm: &pb::MmEntry, pid: i32) -> Result<u64> {
         }
         cand = cand.max(e);
     }
-    Ok(cand)
+    cand
 }
 
 /// The files restored processes map (and their exe files), opened once by
@@ -887,14 +896,8 @@ impl MappedFiles {
         for (pid, mm) in procs {
             let acting = paths.act_for_pid(pid)?;
             let mut refused = None;
-            let mut want: Vec<(u32, u32)> = mm
-                .vmas
-                .iter()
-                .filter(|v| v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0)
-                .filter_map(|v| {
-                    let id = v.shmid as u32;
-                    Some((id, files.get(&id)?.flags & libc::O_ACCMODE as u32))
-                })
+            let mut want: Vec<(u32, u32)> = mapped_file_ids(mm)
+                .filter_map(|id| Some((id, files.get(&id)?.flags & libc::O_ACCMODE as u32)))
                 .chain(std::iter::once((mm.exe_file_id, libc::O_RDONLY as u32)))
                 .collect();
             want.sort_unstable();

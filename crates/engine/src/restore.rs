@@ -173,14 +173,12 @@ fn load(dir: &ImageDir) -> Result<Plan> {
         let pages = PageFile::open(&pages_path)
             .map_err(|e| crust_image::ImageError::io(pages_path.display().to_string(), e))?;
         mm::check_pagemap(&mm, &pagemap, pages.len(), &pagemap_name, &pages_name)?;
-        for v in &mm.vmas {
-            if v.status & (mm::VMA_FILE_PRIVATE | mm::VMA_FILE_SHARED) != 0 {
-                let r = reg(&files, v.shmid as u32, "mapped file")?;
-                // A ghost file is recreated from the images; its path must
-                // not exist.
-                if r.crust_ghost_id.is_none() {
-                    files::check_unchanged(r)?;
-                }
+        for id in mm::mapped_file_ids(&mm) {
+            let r = reg(&files, id, "mapped file")?;
+            // A ghost file is recreated from the images; its path must not
+            // exist.
+            if r.crust_ghost_id.is_none() {
+                files::check_unchanged(r)?;
             }
         }
         files::check_unchanged(reg(&files, mm.exe_file_id, "exe file")?)?;
@@ -269,12 +267,12 @@ pub(crate) fn restore(opts: &RestoreOptions, confine: Option<String>) -> Result<
             continue;
         };
         paths.add_task(e.pid, &p.cores[0].1);
-        let mapped =
-            p.mm.vmas
-                .iter()
-                .filter(|v| v.status & (mm::VMA_FILE_PRIVATE | mm::VMA_FILE_SHARED) != 0)
-                .map(|v| v.shmid as u32);
-        for id in p.fdinfos.iter().map(|f| f.id).chain(mapped) {
+        for id in p
+            .fdinfos
+            .iter()
+            .map(|f| f.id)
+            .chain(mm::mapped_file_ids(&p.mm))
+        {
             paths.add_holder(id, e.pid);
         }
     }
@@ -297,12 +295,7 @@ pub(crate) fn restore(opts: &RestoreOptions, confine: Option<String>) -> Result<
     }
     let mapped_ghosts = files::recreate_mapped_ghosts(
         &plan.files,
-        plan.procs.values().flat_map(|p| {
-            p.mm.vmas
-                .iter()
-                .filter(|v| v.status & (mm::VMA_FILE_PRIVATE | mm::VMA_FILE_SHARED) != 0)
-                .map(|v| v.shmid as u32)
-        }),
+        plan.procs.values().flat_map(|p| mm::mapped_file_ids(&p.mm)),
         &mut octx,
     )?;
     let files_index: mm::FileIndex = plan
@@ -554,8 +547,9 @@ fn begin<'a>(
     let mut r = Remote::new(pid, regs)?;
     task::unregister_rseq(&r)?;
     // The scratch area first, so that the clearing runs in batches.
-    r.map_scratch(Some(mm::scratch_gap(&p.mm, pid)?))?;
-    mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name, &ready.premapped)?;
+    let current = crust_sys::procfs::read_maps(pid)?;
+    r.map_scratch(Some(mm::scratch_gap(&p.mm, &current)))?;
+    mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name, &ready.premapped, &current)?;
     if drain_sigchld {
         sessions::drain_sigchld(&r)?;
     }

@@ -221,12 +221,12 @@ struct CapData {
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3`.
-const CAP_VERSION_3: u32 = 0x2008_0522;
+pub const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// The calling thread's (effective, permitted, inheritable) capabilities.
 fn own_caps() -> io::Result<[u64; 3]> {
     let mut h = CapHeader {
-        version: CAP_VERSION_3,
+        version: CAPABILITY_VERSION_3,
         pid: 0,
     };
     let mut d = [CapData::default(); 2];
@@ -246,7 +246,7 @@ fn own_caps() -> io::Result<[u64; 3]> {
 /// syscall, as glibc does not broadcast capset).
 fn set_own_caps([eff, prm, inh]: [u64; 3]) -> io::Result<()> {
     let mut h = CapHeader {
-        version: CAP_VERSION_3,
+        version: CAPABILITY_VERSION_3,
         pid: 0,
     };
     let d = [
