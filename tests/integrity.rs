@@ -156,7 +156,7 @@ fn manifest_lists_every_file_and_crit_ignores_it() {
     dump(&w, &dir, &["-R"]).ok();
     let text = fs::read_to_string(dir.join(MANIFEST)).expect("the dump wrote a manifest");
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("crust-manifest 1 xxh3-64"));
+    assert_eq!(lines.next(), Some("crust-manifest 2 xxh3-64"));
     let listed: Vec<&str> = lines.map(|l| l.rsplit(' ').next().unwrap()).collect();
     let mut on_disk = listing(&dir);
     on_disk.retain(|f| f != MANIFEST);

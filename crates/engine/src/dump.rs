@@ -57,7 +57,7 @@ pub(crate) fn dump_into(
         let workers: Vec<_> = todo
             .chunks(per_thread)
             .map(|chunk| {
-                scope.spawn(move || -> Result<Vec<(i32, PagesOut)>> {
+                scope.spawn(move || -> Result<Vec<(i32, PagesOut, u64)>> {
                     chunk
                         .iter()
                         .map(|(id, pid, path)| {
@@ -66,7 +66,7 @@ pub(crate) fn dump_into(
                             let estimate = mm::estimate_page_bytes(pid).unwrap_or(0) + (256 << 10);
                             let file = PageFile::create(&path, estimate)
                                 .ctx(|| format!("allocating {}", path.display()))?;
-                            Ok((pid, PagesOut { id, path, file }))
+                            Ok((pid, PagesOut { id, path, file }, estimate))
                         })
                         .collect()
                 })
@@ -77,12 +77,18 @@ pub(crate) fn dump_into(
             .map(|w| w.join().expect("page image allocation panicked"))
             .collect::<Result<Vec<_>>>()
     })?;
-    outs.extend(allocated.into_iter().flatten());
+    let mut largest = 0;
+    for (pid, out, estimate) in allocated.into_iter().flatten() {
+        largest = largest.max(estimate);
+        outs.insert(pid, out);
+    }
     // Two movers, each with its buffers: one reads a process while the
     // other writes the one before (within one process of a single window,
     // reading and writing cannot overlap).
     let nr_movers = crate::movers::default_count().min(2);
-    let bufs: Vec<mm::PageBuffers> = (0..nr_movers).map(|_| mm::PageBuffers::new()).collect();
+    let bufs = (0..nr_movers)
+        .map(|_| mm::PageBuffers::new(largest))
+        .collect::<Result<Vec<_>>>()?;
 
     tracing::debug!(ms = us(t_alloc) / 1000, "page images allocated");
     let t0 = Instant::now();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crust_image::pb;
-use crust_sys::mmap::PageFile;
+use crust_sys::mmap::{PageBuf, PageFile};
 use crust_sys::procfs::{self, PagemapEntry, Stat, Vma, VmaPath};
 use crust_sys::uffd::Uffd;
 use crust_sys::vm::{self, RemoteRange};
@@ -66,32 +66,34 @@ const MADVICE: &[(&str, i32)] = &[
 
 /// The buffers pages travel through at dump, allocated and faulted in
 /// before the freeze.
-pub struct PageBuffers(Vec<Vec<u8>>);
+pub struct PageBuffers {
+    bufs: Vec<PageBuf>,
+    /// Bytes of each buffer.
+    size: usize,
+}
 
 impl PageBuffers {
     /// Number of buffers in flight.
     const COUNT: usize = 2;
 
+    /// Buffers for processes of up to `largest` bytes of pages each: a
+    /// window at most, so a small dump does not fault in a large one.
+    pub fn new(largest: u64) -> Result<Self> {
+        let mut b = PageBuffers {
+            bufs: Vec::new(),
+            size: largest.clamp(PAGE, WINDOW) as usize,
+        };
+        b.refill()?;
+        Ok(b)
+    }
+
     /// Allocate buffers lost on an error path again.
-    fn refill(&mut self) {
-        while self.0.len() < Self::COUNT {
-            self.0.push(vec![0xa5u8; WINDOW as usize]);
+    fn refill(&mut self) -> Result<()> {
+        while self.bufs.len() < Self::COUNT {
+            self.bufs
+                .push(PageBuf::new(self.size).ctx(|| "allocating page buffers".to_string())?);
         }
-    }
-
-    /// Allocate and touch the buffers.
-    pub fn new() -> Self {
-        PageBuffers(
-            (0..Self::COUNT)
-                .map(|_| vec![0xa5u8; WINDOW as usize])
-                .collect(),
-        )
-    }
-}
-
-impl Default for PageBuffers {
-    fn default() -> Self {
-        Self::new()
+        Ok(())
     }
 }
 
@@ -419,9 +421,9 @@ impl MmDump {
     ) -> Result<Option<crust_image::manifest::FileSum>> {
         use std::sync::mpsc::sync_channel;
         let ranges = split_runs(&self.runs);
-        let (full_tx, full_rx) = sync_channel::<(u64, Vec<u8>, usize)>(PageBuffers::COUNT);
-        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(PageBuffers::COUNT);
-        for b in bufs.0.drain(..) {
+        let (full_tx, full_rx) = sync_channel::<(u64, PageBuf, usize)>(PageBuffers::COUNT);
+        let (empty_tx, empty_rx) = sync_channel::<PageBuf>(PageBuffers::COUNT);
+        for b in bufs.bufs.drain(..) {
             empty_tx.send(b).expect("channel has room");
         }
         std::thread::scope(|s| {
@@ -447,6 +449,11 @@ impl MmDump {
                     let Ok(mut buf) = empty_rx.recv() else {
                         break; // the writer failed; its error is reported below
                     };
+                    // More than the estimate before the freeze: a window.
+                    if buf.len() < len {
+                        buf = PageBuf::new(WINDOW as usize)
+                            .ctx(|| "allocating page buffers".to_string())?;
+                    }
                     self.read_chunk(pid, chunk, &mut buf[..len])?;
                     if full_tx.send((off, buf, len)).is_err() {
                         break;
@@ -457,9 +464,9 @@ impl MmDump {
             drop(full_tx);
             let written = writer.join().expect("page writer thread panicked");
             // Take the buffers back for the next process.
-            bufs.0.extend(empty_rx.try_iter());
-            bufs.refill();
-            read.and(written)
+            bufs.bufs.extend(empty_rx.try_iter());
+            let refilled = bufs.refill();
+            read.and(written).and_then(|sum| refilled.map(|()| sum))
         })
     }
 

@@ -88,7 +88,8 @@ impl Dumper {
             let mut out = PageFile::create(&pages_path, 0)
                 .ctx(|| format!("creating {}", pages_path.display()))?;
             let mut entries = Vec::new();
-            let mut buf = vec![0u8; CHUNK];
+            let mut buf = crust_sys::mmap::PageBuf::new(CHUNK)
+                .ctx(|| format!("allocating a buffer for {path}"))?;
             let mut file_off = 0u64;
             for (data, hole) in data_ranges(&f, size).ctx(|| format!("scanning {path}"))? {
                 let mut off = data;

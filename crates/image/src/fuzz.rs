@@ -193,8 +193,12 @@ proptest! {
     /// an error naming the manifest; names never leave the folder.
     #[test]
     fn manifests_parse_or_fail_cleanly(
-        lines in proptest::collection::vec("[0-9a-f ./x-]{0,40}", 0..8),
-        header in prop_oneof![Just("crust-manifest 1 xxh3-64".to_string()), "[ -~]{0,30}"],
+        lines in proptest::collection::vec("[0-9a-f ,./x-]{0,40}", 0..8),
+        header in prop_oneof![
+            Just("crust-manifest 2 xxh3-64".to_string()),
+            Just("crust-manifest 1 xxh3-64".to_string()),
+            "[ -~]{0,30}",
+        ],
     ) {
             let text = format!("{header}\n{}", lines.join("\n"));
         match Manifest::parse(text.as_bytes(), LABEL) {

@@ -163,3 +163,66 @@ pub fn zero_page_pfn() -> Option<u64> {
     unsafe { libc::munmap(ptr, 4096) };
     pfn.filter(|&p| p != 0)
 }
+
+/// A page-aligned buffer of crust's own memory, in a private anonymous
+/// mapping populated when made (no page faults on first use).
+///
+/// Page-aligned matters: copying a page-aligned source (a task's pages,
+/// the page cache) into a buffer 16 bytes past a page boundary, where
+/// malloc puts large blocks, ran at 1.4 GB/s here against 5.3-6 GB/s into
+/// an aligned one (4K aliasing between the loads and the stores).
+pub struct PageBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: PageBuf owns its mapping exclusively, like a Vec<u8>.
+unsafe impl Send for PageBuf {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for PageBuf {}
+
+impl PageBuf {
+    /// A buffer of `len` bytes (rounded up to whole pages), populated.
+    pub fn new(len: usize) -> io::Result<Self> {
+        let len = len.max(1).next_multiple_of(4096);
+        // SAFETY: a fresh private anonymous mapping, owned by the PageBuf.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        Ok(PageBuf { ptr, len })
+    }
+}
+
+impl std::ops::Deref for PageBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is the mapping this PageBuf owns.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for PageBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in deref, and &mut self makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this PageBuf owns, once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
