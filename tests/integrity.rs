@@ -188,7 +188,7 @@ fn manifest_lists_every_file_and_crit_ignores_it() {
 }
 
 #[test]
-fn damaged_images_are_refused_before_any_process_is_touched() {
+fn damaged_images_are_refused() {
     let mut w = Workload::start("memory", &["16"]);
     let dir = dump_killed(&mut w);
     let pages = image_file(&dir, "pages-");

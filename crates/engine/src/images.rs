@@ -8,7 +8,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crust_image::manifest::{FileSum, HashingWriter, Manifest, MANIFEST};
+use crust_image::manifest::{FileSum, HashingWriter, Manifest, MANIFEST, PIECE};
 use crust_image::{names, pb, ImageError, ImageKind, ImageWriter};
 
 use crate::error::{Context, Error, Result};
@@ -206,7 +206,7 @@ impl ImageDir {
 pub struct SumBlock(crust_sys::mmap::PageBuf);
 
 impl SumBlock {
-    const LEN: usize = 1 << 20;
+    const LEN: usize = PIECE as usize;
 
     /// A fresh block.
     pub fn new() -> std::io::Result<Self> {
@@ -263,23 +263,40 @@ pub enum ManifestCheck {
     },
 }
 
-/// Check every file listed in the manifest of `dir`: present, of the
-/// recorded size, with the recorded checksum. Files are read on two
-/// threads, the largest first. A manifest that cannot be read or parsed
-/// is an error naming it.
-pub fn check_manifest(dir: &Path) -> Result<ManifestCheck> {
+/// The manifest of `dir`, or `None` when there is none. A manifest that
+/// cannot be read or parsed is an error naming it.
+fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
     let label = path.display().to_string();
     let text = match std::fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ManifestCheck::Absent),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ImageError::io(label, e).into()),
     };
-    let manifest = Manifest::parse(&text, &label)?;
-    let mut todo: Vec<(PathBuf, FileSum)> = manifest
-        .files
-        .iter()
-        .map(|(name, sum)| (dir.join(name), sum.clone()))
+    Ok(Some(Manifest::parse(&text, &label)?))
+}
+
+/// Check every file listed in the manifest of `dir`: present, of the
+/// recorded size, with the recorded checksums.
+pub fn check_manifest(dir: &Path) -> Result<ManifestCheck> {
+    let Some(manifest) = read_manifest(dir)? else {
+        return Ok(ManifestCheck::Absent);
+    };
+    let files = manifest.files.len();
+    let (bytes, problems) = check_files(dir, manifest.files.into_iter().collect());
+    Ok(ManifestCheck::Checked {
+        files,
+        bytes,
+        problems,
+    })
+}
+
+/// Check `todo` (file names in `dir` with their sums) on two threads, the
+/// largest files first; the bytes read and every problem found, by file.
+fn check_files(dir: &Path, todo: Vec<(String, FileSum)>) -> (u64, Vec<Problem>) {
+    let mut todo: Vec<(PathBuf, FileSum)> = todo
+        .into_iter()
+        .map(|(name, sum)| (dir.join(name), sum))
         .collect();
     todo.sort_by_key(|(_, s)| std::cmp::Reverse(s.size));
     let todo = std::sync::Arc::new(todo);
@@ -322,13 +339,8 @@ pub fn check_manifest(dir: &Path) -> Result<ManifestCheck> {
     let (theirs, more) = helper.join().expect("manifest check thread panicked");
     problems.extend(more);
     wait_single_threaded();
-    let bytes = mine + theirs;
     problems.sort_by(|a, b| a.file.cmp(&b.file));
-    Ok(ManifestCheck::Checked {
-        files: manifest.files.len(),
-        bytes,
-        problems,
-    })
+    (mine + theirs, problems)
 }
 
 /// Wait (up to a second) until a joined thread has left the kernel's
@@ -404,55 +416,170 @@ pub fn written_by_others(dir: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Before a restore touches any process: check `dir` against its
-/// manifest. A folder without one (a CRIU dump) is restored with a
-/// warning, unless `strict`.
-pub fn verify_for_restore(dir: &Path, strict: bool) -> Result<()> {
+/// Before a restore reads any image: check every file of `dir` but the
+/// page images against its manifest. A folder without one (a CRIU dump)
+/// is restored with a warning, unless `strict`. The page images' sums are
+/// returned, for [`PageSums::defer`] and [`PageSums::check_rest`].
+pub fn verify_for_restore(dir: &Path, strict: bool) -> Result<PageSums> {
     let t = std::time::Instant::now();
-    match check_manifest(dir)? {
-        ManifestCheck::Absent if strict => Err(Error::BadImage {
-            file: dir.join(MANIFEST).display().to_string(),
-            what: "missing: the images cannot be verified (--strict-images)".into(),
-        }),
-        ManifestCheck::Absent => {
-            tracing::warn!(
-                "{} has no {MANIFEST} (not written by crust?): restoring without verifying checksums",
-                dir.display()
-            );
-            Ok(())
+    let Some(manifest) = read_manifest(dir)? else {
+        if strict {
+            return Err(Error::BadImage {
+                file: dir.join(MANIFEST).display().to_string(),
+                what: "missing: the images cannot be verified (--strict-images)".into(),
+            });
         }
-        ManifestCheck::Checked {
+        tracing::warn!(
+            "{} has no {MANIFEST} (not written by crust?): restoring without verifying checksums",
+            dir.display()
+        );
+        return Ok(PageSums::default());
+    };
+    let (pages, others): (Vec<_>, Vec<_>) = manifest
+        .files
+        .into_iter()
+        .partition(|(name, _)| name.starts_with("pages-"));
+    let files = others.len();
+    let (bytes, mut problems) = check_files(dir, others);
+    // The page images' contents are checked later, but their presence and
+    // sizes now.
+    for (name, sum) in &pages {
+        let file = dir.join(name);
+        let what = match std::fs::metadata(&file) {
+            Ok(m) if m.len() == sum.size => continue,
+            Ok(m) => format!("size is {} bytes, the manifest says {}", m.len(), sum.size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "missing (listed in the manifest)".into()
+            }
+            Err(e) => e.to_string(),
+        };
+        problems.push(Problem { file, what });
+    }
+    problems.sort_by(|a, b| a.file.cmp(&b.file));
+    refuse(problems)?;
+    tracing::info!(
+        files,
+        bytes,
+        ms = t.elapsed().as_millis() as u64,
+        "images verified against the manifest (page images: as they are read)"
+    );
+    Ok(PageSums {
+        dir: dir.to_path_buf(),
+        sums: pages.into_iter().collect(),
+        deferred: Default::default(),
+        block: None,
+    })
+}
+
+/// The manifest's sums of the page images of a restore, none checked yet.
+/// Each is either handed to the one that reads that page image, window by
+/// window, before any of its bytes go into a process ([`PageSums::defer`]),
+/// or checked whole before the tree is forked ([`PageSums::check_rest`]).
+#[derive(Default)]
+pub struct PageSums {
+    dir: PathBuf,
+    sums: BTreeMap<String, FileSum>,
+    deferred: std::collections::BTreeSet<String>,
+    /// Where [`PageSums::defer`] reads the pieces it checks.
+    block: Option<SumBlock>,
+}
+
+impl PageSums {
+    /// The sums of page image `name` (of `len` bytes now), to be checked
+    /// piece by piece as it is read. The pieces holding `early` (byte
+    /// ranges read before then) are checked now. `None` (it is checked
+    /// whole by [`PageSums::check_rest`] then) when the manifest does not
+    /// list it, lists another size, or sums it in other pieces.
+    pub fn defer(
+        &mut self,
+        name: &str,
+        len: u64,
+        early: &[(u64, u64)],
+    ) -> Result<Option<(FileSum, String)>> {
+        let Some(sum) = self.sums.get(name) else {
+            return Ok(None);
+        };
+        if sum.size != len || (sum.piece_len != PIECE && sum.size > PIECE) {
+            return Ok(None);
+        }
+        let path = self.dir.join(name);
+        let shown = path.display().to_string();
+        let mut pieces: Vec<usize> = early
+            .iter()
+            .filter(|(s, e)| s < e)
+            .flat_map(|&(s, e)| (s / sum.piece_len) as usize..=((e - 1) / sum.piece_len) as usize)
+            .collect();
+        pieces.sort_unstable();
+        pieces.dedup();
+        if !pieces.is_empty() {
+            let file = File::open(&path).map_err(|e| ImageError::io(shown.clone(), e))?;
+            let block = match &mut self.block {
+                Some(b) => b,
+                None => self
+                    .block
+                    .insert(SumBlock::new().map_err(|e| ImageError::io(shown.clone(), e))?),
+            };
+            for i in pieces {
+                let r = sum.piece_range(i);
+                let buf = &mut block.0[..(r.end - r.start) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, buf, r.start)
+                    .map_err(|e| ImageError::io(shown.clone(), e))?;
+                sum.check_piece(i, buf).map_err(|what| Error::BadImage {
+                    file: shown.clone(),
+                    what,
+                })?;
+            }
+        }
+        self.deferred.insert(name.to_string());
+        Ok(Some((sum.clone(), shown)))
+    }
+
+    /// Check every page image not deferred, whole (two threads).
+    pub fn check_rest(self) -> Result<()> {
+        let t = std::time::Instant::now();
+        let todo: Vec<(String, FileSum)> = self
+            .sums
+            .into_iter()
+            .filter(|(name, _)| !self.deferred.contains(name))
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let files = todo.len();
+        let (bytes, problems) = check_files(&self.dir, todo);
+        refuse(problems)?;
+        tracing::info!(
             files,
             bytes,
-            problems,
-        } => match problems.split_first() {
-            None => {
-                tracing::info!(
-                    files,
-                    bytes,
-                    ms = t.elapsed().as_millis() as u64,
-                    "images verified against the manifest"
-                );
-                Ok(())
-            }
-            Some((first, rest)) => Err(Error::BadImage {
-                file: first.file.display().to_string(),
-                what: if rest.is_empty() {
-                    first.what.clone()
-                } else {
-                    format!(
-                        "{} (and {} more: {})",
-                        first.what,
-                        rest.len(),
-                        rest.iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )
-                },
-            }),
-        },
+            deferred = self.deferred.len(),
+            ms = t.elapsed().as_millis() as u64,
+            "page images verified against the manifest"
+        );
+        Ok(())
     }
+}
+
+/// An error for the first of `problems` that lists the others, if any.
+fn refuse(problems: Vec<Problem>) -> Result<()> {
+    let Some((first, rest)) = problems.split_first() else {
+        return Ok(());
+    };
+    Err(Error::BadImage {
+        file: first.file.display().to_string(),
+        what: if rest.is_empty() {
+            first.what.clone()
+        } else {
+            format!(
+                "{} (and {} more: {})",
+                first.what,
+                rest.len(),
+                rest.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        },
+    })
 }
 
 /// What `crust check-images` found in a folder.

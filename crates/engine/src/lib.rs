@@ -164,17 +164,18 @@ pub struct Restored {
 }
 
 /// Restore the tree in `opts.images_dir`. The tree runs when this returns.
-/// The images are checked against their manifest first, before any
-/// process is touched.
+/// The images are checked against their manifest first, before any is
+/// read; page images piece by piece (1 MiB), each piece before any of its
+/// bytes goes into a process.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let caller = check_privileges()?;
-    images::verify_for_restore(&opts.images_dir, opts.strict_images)?;
+    let page_sums = images::verify_for_restore(&opts.images_dir, opts.strict_images)?;
     let confine = match caller {
         _ if opts.trust_image_paths => None,
         creds::Caller::Root => images::written_by_others(&opts.images_dir)?,
         creds::Caller::User { uid, .. } => Some(format!("crust runs as uid {uid}, not root")),
     };
-    restore::restore(opts, confine)
+    restore::restore(opts, confine, page_sums)
 }
 
 /// Wait for a restored task (crust's child) to end; returns its exit code,

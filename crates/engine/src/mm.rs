@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crust_image::manifest::{FileSum, PIECE};
 use crust_image::pb;
 use crust_sys::mmap::{PageBuf, PageFile};
 use crust_sys::procfs::{self, PagemapEntry, Stat, Vma, VmaPath};
@@ -47,8 +48,9 @@ pub const VMA_AREA_VVAR: u32 = 1 << 12;
 pub const PE_PRESENT: u32 = 1 << 2;
 
 /// Pages moved at once (8 MiB): bounds crust's memory (two buffers per
-/// page mover at dump).
+/// page mover at dump). A whole number of the manifest's pieces.
 const WINDOW: u64 = 8 << 20;
+const _: () = assert!(WINDOW.is_multiple_of(PIECE));
 
 /// Pagemap entries read at once.
 const PAGEMAP_CHUNK: u64 = 64 * 1024;
@@ -420,7 +422,7 @@ impl MmDump {
         bufs: &mut PageBuffers,
     ) -> Result<Option<crust_image::manifest::FileSum>> {
         use std::sync::mpsc::sync_channel;
-        let ranges = split_runs(&self.runs);
+        let ranges = split_runs(&self.runs, WINDOW);
         let (full_tx, full_rx) = sync_channel::<(u64, PageBuf, usize)>(PageBuffers::COUNT);
         let (empty_tx, empty_rx) = sync_channel::<PageBuf>(PageBuffers::COUNT);
         for b in bufs.bufs.drain(..) {
@@ -444,7 +446,7 @@ impl MmDump {
                 Ok(sum.map(|c| c.finish()))
             });
             let read = (|| -> Result<()> {
-                for (off, chunk) in windows(&ranges) {
+                for (off, chunk) in windows(&ranges, WINDOW) {
                     let len: usize = chunk.iter().map(|r| r.len).sum();
                     let Ok(mut buf) = empty_rx.recv() else {
                         break; // the writer failed; its error is reported below
@@ -496,14 +498,14 @@ impl MmDump {
 
 /// Runs as remote ranges, split so that none crosses a window boundary of
 /// the page image.
-fn split_runs(runs: &[PageRun]) -> Vec<RemoteRange> {
+fn split_runs(runs: &[PageRun], span: u64) -> Vec<RemoteRange> {
     let mut out = Vec::with_capacity(runs.len());
     let mut file_off = 0u64;
     for r in runs {
         let mut addr = r.vaddr;
         let mut left = r.nr_pages * PAGE;
         while left > 0 {
-            let room = WINDOW - file_off % WINDOW;
+            let room = span - file_off % span;
             let n = left.min(room);
             out.push(RemoteRange {
                 addr,
@@ -519,13 +521,13 @@ fn split_runs(runs: &[PageRun]) -> Vec<RemoteRange> {
 
 /// Group ranges (already split at window boundaries) into windows: each
 /// item is the file offset of the window and its ranges.
-fn windows(ranges: &[RemoteRange]) -> Vec<(u64, &[RemoteRange])> {
+fn windows(ranges: &[RemoteRange], span: u64) -> Vec<(u64, &[RemoteRange])> {
     let mut out = Vec::new();
     let mut start = 0usize;
     let mut off = 0u64;
     let mut win_off = 0u64;
     for (i, r) in ranges.iter().enumerate() {
-        if off > win_off && off.is_multiple_of(WINDOW) {
+        if off > win_off && off.is_multiple_of(span) {
             out.push((win_off, &ranges[start..i]));
             start = i;
             win_off = off;
@@ -992,6 +994,9 @@ pub struct Fill<'a> {
     uffd: Option<(Uffd, Vec<(u64, u64)>)>,
     /// Ranges the task premapped and filled itself: not written again.
     premapped: Vec<(u64, u64)>,
+    /// The manifest's sums of the page image and its path, when its
+    /// pieces are checked here, each before any of its bytes is written.
+    check: Option<(FileSum, String)>,
 }
 
 /// Below this many bytes of anonymous pages, writing them costs less than
@@ -1188,6 +1193,7 @@ pub fn map_vmas<'a>(
         pages_name,
         uffd,
         premapped: premapped.to_vec(),
+        check: None,
     };
     Ok((filled, fill))
 }
@@ -1215,9 +1221,21 @@ fn task_uffd(r: &Remote) -> Result<Option<Uffd>> {
 }
 
 impl Fill<'_> {
-    /// Write the pages; the userfaultfd, if any, is closed when this
-    /// returns (which unregisters its ranges).
+    /// Check each piece of the page image against `check` (the manifest's
+    /// sums, from [`crate::images::PageSums::defer`], and the image's path
+    /// for errors) before writing any of its bytes.
+    pub fn checked_against(self, check: Option<(FileSum, String)>) -> Self {
+        Fill { check, ..self }
+    }
+
+    /// Write the pages, a piece of the page image at a time, read into a
+    /// buffer of the mover thread's (which stays in its cache: faster, here,
+    /// than copying from mapped windows of the image). The userfaultfd, if
+    /// any, is closed when this returns (which unregisters its ranges).
     pub fn run(self) -> Result<()> {
+        thread_local! {
+            static PIECE_BUF: std::cell::RefCell<Option<PageBuf>> = const { std::cell::RefCell::new(None) };
+        }
         let runs: Vec<PageRun> = self
             .pagemap
             .iter()
@@ -1226,16 +1244,32 @@ impl Fill<'_> {
                 nr_pages: p.nr_pages as u64,
             })
             .collect();
-        let ranges = split_runs(&runs);
+        let ranges = split_runs(&runs, PIECE);
         let pid = self.pid;
-        for (off, chunk) in windows(&ranges) {
-            let len: usize = chunk.iter().map(|r| r.len).sum();
-            self.pages
-                .read_window(off, len, |buf| self.write_chunk(chunk, buf))
-                .ctx(|| format!("mapping {}", self.pages_name))?
-                .ctx(|| format!("writing the memory of pid {pid}"))?;
-        }
-        Ok(())
+        PIECE_BUF.with_borrow_mut(|slot| -> Result<()> {
+            let buf = match slot {
+                Some(b) => b,
+                None => slot.insert(
+                    PageBuf::new(PIECE as usize).ctx(|| "allocating a page buffer".to_string())?,
+                ),
+            };
+            for (off, chunk) in windows(&ranges, PIECE) {
+                let len: usize = chunk.iter().map(|r| r.len).sum();
+                let data = &mut buf[..len];
+                self.pages
+                    .read_at(off, data)
+                    .ctx(|| format!("reading {}", self.pages_name))?;
+                if let Some((sums, path)) = &self.check {
+                    check_pieces(sums, off, data).map_err(|what| Error::BadImage {
+                        file: path.clone(),
+                        what,
+                    })?;
+                }
+                self.write_chunk(chunk, data)
+                    .ctx(|| format!("writing the memory of pid {pid}"))?;
+            }
+            Ok(())
+        })
     }
 
     /// Write `buf` into `chunk`: runs of ranges inside registered VMAs
@@ -1279,6 +1313,52 @@ impl Fill<'_> {
         }
         Ok(())
     }
+}
+
+/// Check `buf`, the bytes of a page image from offset `off`, against the
+/// manifest's `sums`: it must hold whole pieces.
+fn check_pieces(sums: &FileSum, off: u64, buf: &[u8]) -> std::result::Result<(), String> {
+    let end = off + buf.len() as u64;
+    let mut i = (off / sums.piece_len) as usize;
+    loop {
+        let piece = sums.piece_range(i);
+        if piece.start >= end || piece.is_empty() {
+            return Ok(());
+        }
+        if piece.start < off || piece.end > end {
+            return Err(format!(
+                "bytes {off}-{end} do not hold whole checksummed pieces of the manifest"
+            ));
+        }
+        let at = (piece.start - off) as usize;
+        sums.check_piece(i, &buf[at..at + (piece.end - piece.start) as usize])?;
+        i += 1;
+    }
+}
+
+/// The byte ranges of the page image that a restore reads before
+/// [`Fill::run`]: the pages of `premapped` (written by the process itself
+/// before it forks) and the first page of each extent made a huge page.
+pub fn read_before_fill(
+    mm: &pb::MmEntry,
+    pagemap: &[pb::PagemapEntry],
+    premapped: &[(u64, u64)],
+) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    for p in pagemap {
+        let len = p.nr_pages as u64 * PAGE;
+        for &(s, e) in premapped {
+            let (from, to) = (s.max(p.vaddr), e.min(p.vaddr + len));
+            if from < to {
+                out.push((off + from - p.vaddr, off + to - p.vaddr));
+            }
+        }
+        off += len;
+    }
+    let (_, extents) = collapse_plan(mm, pagemap);
+    out.extend(extents.iter().map(|&(_, at)| (at, at + PAGE)));
+    out
 }
 
 /// Give each VMA of a filled process its dumped protection and advice.

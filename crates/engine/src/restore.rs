@@ -227,7 +227,12 @@ fn load(dir: &ImageDir) -> Result<Plan> {
 /// Restore the tree in `opts.images_dir`; returns the root's pid. The tree
 /// runs when this returns; its root is crust's child. With `confine` (why
 /// the images are not trusted), paths are opened as the tasks could.
-pub(crate) fn restore(opts: &RestoreOptions, confine: Option<String>) -> Result<crate::Restored> {
+/// `page_sums` are the manifest's sums of the page images, none checked.
+pub(crate) fn restore(
+    opts: &RestoreOptions,
+    confine: Option<String>,
+    mut page_sums: crate::images::PageSums,
+) -> Result<crate::Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::new(&opts.images_dir);
     let plan = load(&dir)?;
@@ -333,6 +338,18 @@ pub(crate) fn restore(opts: &RestoreOptions, confine: Option<String>) -> Result<
             pages: &p.pages,
         })
     }));
+    // Each process's page image is checked by the mover that reads it,
+    // piece by piece, and what is read before (premapped memory) now; the
+    // others (shared memory) now, whole.
+    let mut fill_sums = HashMap::new();
+    for (&pid, p) in &plan.procs {
+        let premapped = cow.get(&pid).map_or(&[][..], |c| c.as_slice());
+        let early = mm::read_before_fill(&p.mm, &p.pagemap, premapped);
+        if let Some(sums) = page_sums.defer(&p.pages_name, p.pages.len(), &early)? {
+            fill_sums.insert(pid, sums);
+        }
+    }
+    page_sums.check_rest()?;
     let before_children = |e: &pb::PstreeEntry| -> Result<()> {
         let p = &plan.procs[&e.pid];
         let none = Vec::new();
@@ -430,6 +447,7 @@ pub(crate) fn restore(opts: &RestoreOptions, confine: Option<String>) -> Result<
             let list = mapped_files.get(&(r.pid as u32));
             let prefds = mm::map_fds(list.map_or(&[][..], |l| l), r.hold_fd);
             let (half, fill) = begin(p, r, drain, &mut shmem, &files_index, prefds)?;
+            let fill = fill.checked_against(fill_sums.remove(&(r.pid as u32)));
             let pending = movers.submit(move || fill.run());
             begun.push((r, p, half, pending));
         }

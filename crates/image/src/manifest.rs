@@ -5,7 +5,7 @@
 //! ```text
 //! crust-manifest 2 xxh3-64
 //! 1234 0123456789abcdef inventory.img
-//! 9437184 fedcba9876543210,0123456789abcdef pages-1.img
+//! 1572864 fedcba9876543210,0123456789abcdef pages-1.img
 //! ```
 //!
 //! One line per file: its size in bytes, the XXH3-64 checksums in hex of
@@ -34,8 +34,10 @@ const HEADER: &str = "crust-manifest 2 xxh3-64";
 /// The first line of the manifests of older crusts (whole-file sums).
 const HEADER_V1: &str = "crust-manifest 1 xxh3-64";
 
-/// Bytes per checksummed piece of a file (the page movers' window).
-pub const PIECE: u64 = 8 << 20;
+/// Bytes per checksummed piece of a file: small enough that the few
+/// pages a restore writes before the movers do (memory premapped for
+/// copy-on-write sharing) are checked without reading much else.
+pub const PIECE: u64 = 1 << 20;
 
 /// The most lines a manifest may hold: far more than any dump writes, so a
 /// hostile manifest cannot make crust check (or allocate for) millions.
