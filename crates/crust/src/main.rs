@@ -216,7 +216,7 @@ fn run(cli: Cli) -> Result<i32> {
                 trust_image_paths,
             })?;
             if let Some(p) = pidfile {
-                std::fs::write(&p, format!("{}\n", restored.root))
+                write_pidfile(&p, restored.root)
                     .with_context(|| format!("writing the pidfile {}", p.display()))?;
             }
             if detached {
@@ -287,4 +287,16 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Write `pid` to `path` whole or not at all: to a temporary name next to
+/// it, then renamed, so that whoever waits for the file never reads it
+/// empty.
+fn write_pidfile(path: &std::path::Path, pid: i32) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    std::fs::write(&tmp, format!("{pid}\n"))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }

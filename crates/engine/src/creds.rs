@@ -193,12 +193,12 @@ pub fn ask_thread(tid: i32, main: &Facts) -> Result<Facts> {
 }
 
 /// Let crust's remote syscalls through the seccomp filters (or strict mode)
-/// of every thread of `pid` that has them: PTRACE_O_SUSPEND_SECCOMP on top
-/// of the options `tree` seized it with. Dumping such a task without it
-/// would have its own filters answer (or kill it for) crust's syscalls.
-pub fn suspend_seccomp_for_dump(pid: i32, tids: &[i32]) -> Result<()> {
-    for &tid in tids {
-        let st = procfs::read_task_status(pid, tid)?;
+/// of every thread of a process that has them (`tids` with their
+/// `statuses`): PTRACE_O_SUSPEND_SECCOMP on top of the options `tree`
+/// seized it with. Dumping such a task without it would have its own
+/// filters answer (or kill it for) crust's syscalls.
+pub fn suspend_seccomp_for_dump(tids: &[i32], statuses: &[procfs::Status]) -> Result<()> {
+    for (&tid, st) in tids.iter().zip(statuses) {
         if st.seccomp.unwrap_or(0) != 0 {
             suspend(tid, libc::PTRACE_O_TRACESYSGOOD)?;
         }

@@ -140,27 +140,38 @@ pub(crate) fn dump_into(
                 .iter()
                 .map(|&t| task::read_thread(t))
                 .collect::<Result<Vec<_>>>()?;
+            // Each thread's own status, the main thread's as the process's.
+            let statuses = std::iter::once(Ok(status.clone()))
+                .chain(
+                    tids.iter()
+                        .skip(1)
+                        .map(|&t| procfs::read_task_status(pid, t).map_err(crate::Error::from)),
+                )
+                .collect::<Result<Vec<_>>>()?;
 
             // What only the task can tell: asked in each thread, with a scratch
             // area mapped by the main thread. Each thread is parked on a signal
             // frame of its own state until its registers and mask are put back
             // (see remote.rs), so a crust killed meanwhile leaves it whole.
-            creds::suspend_seccomp_for_dump(pid, tids)?;
+            creds::suspend_seccomp_for_dump(tids, &statuses)?;
             let mut r = Remote::for_dump(pid, pid, &threads[0])?;
             let asked = (|| -> Result<_> {
                 r.map_scratch(None)?;
                 let mut facts = vec![task::ask(&r)?];
                 let mut more = vec![creds::ask(&r)?];
+                // The other threads all parked at once, each asked in turn
+                // while the others run their calls.
+                let mut sibs = Vec::with_capacity(tids.len().saturating_sub(1));
                 for (&tid, th) in tids.iter().zip(&threads).skip(1) {
-                    let mut sib = r.dump_sibling(tid, th)?;
-                    let f = task::ask_thread(&sib, facts[0].brk, facts[0].dumpable)
-                        .and_then(|f| Ok((f, creds::ask_thread(tid, &more[0])?)));
-                    sib.forget_scratch();
-                    let end = sib.finish();
-                    let (f, m) = f?;
-                    end?;
-                    facts.push(f);
-                    more.push(m);
+                    sibs.push(r.dump_sibling(tid, th)?);
+                }
+                let asked = task::ask_threads(&sibs, facts[0].brk, facts[0].dumpable);
+                sibs.iter_mut().for_each(Remote::forget_scratch);
+                let ended = Remote::finish_each(&mut sibs);
+                facts.extend(asked?);
+                ended?;
+                for &tid in &tids[1..] {
+                    more.push(creds::ask_thread(tid, &more[0])?);
                 }
                 let sigactions =
                     signal::dump(&r, signal::worth_asking(status.sig_cgt, status.sig_ign))?;
@@ -192,21 +203,19 @@ pub(crate) fn dump_into(
             let upid = pid as u32;
             let mut leader = Some(task::LeaderParts { sigactions, ids });
             for (i, (&tid, th)) in tids.iter().zip(&threads).enumerate() {
-                let (tstat, tstatus) = if i == 0 {
-                    (stat.clone(), status.clone())
+                let tstatus = &statuses[i];
+                let tstat = if i == 0 {
+                    stat.clone()
                 } else {
-                    (
-                        procfs::read_task_stat(pid, tid)?,
-                        procfs::read_task_status(pid, tid)?,
-                    )
+                    procfs::read_task_stat(pid, tid)?
                 };
                 let mut core =
-                    task::core_entry(pid, tid, &tstat, &tstatus, th, &facts[i], leader.take())?;
+                    task::core_entry(pid, tid, &tstat, tstatus, th, &facts[i], leader.take())?;
                 if let Some(tc) = core.tc.as_mut() {
                     tc.timers = Some(timers.clone());
                 }
                 crate::pending::dump(&mut core, pid, tid)?;
-                creds::fill(&mut core, tid, &tstatus, &more[i], &mut seccomp)?;
+                creds::fill(&mut core, tid, tstatus, &more[i], &mut seccomp)?;
                 dir.write(&names::core(tid as u32), ImageKind::Core, &[core])?;
             }
 

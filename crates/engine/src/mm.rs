@@ -318,6 +318,7 @@ pub fn collect(
 ) -> Result<MmDump> {
     let vmas = procfs::read_smaps(pid)?;
     let zero_pfn = crust_sys::mmap::zero_page_pfn();
+    let pagemap = procfs::Pagemap::open(pid)?;
     let mut entries = Vec::with_capacity(vmas.len());
     let mut runs: Vec<PageRun> = Vec::new();
     let mut unreadable = Vec::new();
@@ -337,7 +338,7 @@ pub fn collect(
         let mut addr = v.start;
         while addr < v.end {
             let n = ((v.end - addr) / PAGE).min(PAGEMAP_CHUNK);
-            let pm = procfs::read_pagemap(pid, addr, n as usize)?;
+            let pm = pagemap.read(addr, n as usize)?;
             for (i, pe) in pm.iter().enumerate() {
                 if !keep(rule, pe, zero_pfn) {
                     continue;

@@ -13,8 +13,8 @@
 use crust_sys::procfs::{self, Vma, VmaPath};
 use crust_sys::ptrace::{self, Regs};
 use crust_sys::remote::{
-    find_gadgets, find_syscall_insn, Gadgets, GuardedSyscaller, RemoteSyscaller, BATCH_CODE,
-    BATCH_END, BATCH_ENTRY,
+    find_gadgets, find_syscall_insn, raw_in_each, Gadgets, GuardedSyscaller, RemoteSyscaller,
+    BATCH_CODE, BATCH_END, BATCH_ENTRY,
 };
 use crust_sys::vm::{self, RemoteRange};
 
@@ -207,6 +207,27 @@ impl Remote {
         Ok(())
     }
 
+    /// [`Remote::finish`] for each of `remotes`, with the threads sent
+    /// back to their stops all at once. Every one is finished; the first
+    /// error is returned.
+    pub fn finish_each(remotes: &mut [Remote]) -> Result<()> {
+        let mut first = Ok(());
+        for r in remotes.iter() {
+            if let (Driver::Guarded(g), Some(side)) = (&r.sc, &r.dump) {
+                if !side.finished {
+                    first = first.and(
+                        g.begin_finish()
+                            .ctx(|| format!("putting back the registers of thread {}", r.pid)),
+                    );
+                }
+            }
+        }
+        for r in remotes.iter_mut() {
+            first = first.and(r.finish());
+        }
+        first
+    }
+
     /// Remote syscalls in another thread `tid` of the same process (same
     /// vdso, same scratch area), whose registers are `regs` (restore).
     pub fn sibling(&self, tid: i32, regs: Regs) -> Remote {
@@ -259,6 +280,53 @@ impl Remote {
             Driver::Guarded(sc) => sc.raw(nr, args),
         }
         .ctx(|| format!("remote {what} in pid {}", self.pid))
+    }
+
+    /// Run one syscall in each of `remotes` (threads of one process being
+    /// dumped): `calls[i]`, number and arguments, in `remotes[i]`; `what`
+    /// names it in errors. Guarded threads run theirs at once (see
+    /// [`crust_sys::remote::raw_in_each`]), others one after the other.
+    pub fn call_in_each(
+        remotes: &[Remote],
+        what: &str,
+        calls: &[(i64, [u64; 6])],
+    ) -> Result<Vec<u64>> {
+        let guarded: Vec<&GuardedSyscaller> = remotes
+            .iter()
+            .filter_map(|r| match &r.sc {
+                Driver::Guarded(g) => Some(g),
+                Driver::Plain(_) => None,
+            })
+            .collect();
+        if guarded.len() < remotes.len() {
+            return remotes
+                .iter()
+                .zip(calls)
+                .map(|(r, &(nr, args))| r.call(what, nr, args))
+                .collect();
+        }
+        let pids = || {
+            remotes
+                .iter()
+                .map(|r| r.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let raw =
+            raw_in_each(&guarded, calls).ctx(|| format!("remote {what} in threads {}", pids()))?;
+        remotes
+            .iter()
+            .zip(raw)
+            .map(|(r, v)| {
+                if (-4095..0).contains(&v) {
+                    return Err(Error::Sys {
+                        what: format!("remote {what} in pid {}", r.pid),
+                        err: std::io::Error::from_raw_os_error(-v as i32),
+                    });
+                }
+                Ok(v as u64)
+            })
+            .collect()
     }
 
     /// Run `calls` in the task in order, as few resumes as possible: at

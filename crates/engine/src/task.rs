@@ -379,19 +379,71 @@ pub fn ask_thread(r: &Remote, brk: u64, dumpable: i32) -> Result<RemoteFacts> {
         libc::SYS_prctl,
         [PR_GET_SECUREBITS, 0, 0, 0, 0, 0],
     )?;
+    Ok(facts_from(&buf, brk, dumpable, secbits))
+}
+
+/// [`ask_thread`] in each of `sibs`, other threads of one process (sharing
+/// its scratch area), with their calls run at once: each thread's results
+/// go to its own slot of the scratch area.
+pub fn ask_threads(sibs: &[Remote], brk: u64, dumpable: i32) -> Result<Vec<RemoteFacts>> {
+    const SLOT: usize = 64;
+    let mut out = Vec::with_capacity(sibs.len());
+    for group in sibs.chunks(crate::remote::SCRATCH_LEN / SLOT) {
+        let Some(first) = group.first() else {
+            break;
+        };
+        let slot = |i: usize| first.scratch() + (i * SLOT) as u64;
+        let each = |f: &dyn Fn(u64) -> (i64, [u64; 6])| -> Vec<(i64, [u64; 6])> {
+            (0..group.len()).map(|i| f(slot(i))).collect()
+        };
+        let prctl = libc::SYS_prctl;
+        Remote::call_in_each(
+            group,
+            "prctl(PR_GET_TID_ADDRESS)",
+            &each(&|s| (prctl, [PR_GET_TID_ADDRESS, s, 0, 0, 0, 0])),
+        )?;
+        Remote::call_in_each(
+            group,
+            "prctl(PR_GET_PDEATHSIG)",
+            &each(&|s| (prctl, [PR_GET_PDEATHSIG, s + 8, 0, 0, 0, 0])),
+        )?;
+        Remote::call_in_each(
+            group,
+            "sigaltstack",
+            &each(&|s| (libc::SYS_sigaltstack, [0, s + 16, 0, 0, 0, 0])),
+        )?;
+        let secbits = Remote::call_in_each(
+            group,
+            "prctl(PR_GET_SECUREBITS)",
+            &each(&|_| (prctl, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])),
+        )?;
+        let mut buf = vec![0u8; group.len() * SLOT];
+        first.get(0, &mut buf)?;
+        out.extend(
+            buf.chunks(SLOT)
+                .zip(secbits)
+                .map(|(b, secbits)| facts_from(b, brk, dumpable, secbits)),
+        );
+    }
+    Ok(out)
+}
+
+/// The facts of a thread from the 40 bytes its calls left in the scratch
+/// area (clear_child_tid, pdeath signal, stack_t) and its securebits.
+fn facts_from(buf: &[u8], brk: u64, dumpable: i32, secbits: u64) -> RemoteFacts {
     // stack_t: ss_sp (8), ss_flags (4 + 4 padding), ss_size (8).
-    Ok(RemoteFacts {
-        clear_tid: u64_at(&buf, 0),
-        pdeath_sig: u32_at(&buf, 8),
+    RemoteFacts {
+        clear_tid: u64_at(buf, 0),
+        pdeath_sig: u32_at(buf, 8),
         brk,
         dumpable,
         secbits: secbits as u32,
         sas: pb::ThreadSasEntry {
-            ss_sp: u64_at(&buf, 16),
-            ss_flags: u32_at(&buf, 24),
-            ss_size: u64_at(&buf, 32),
+            ss_sp: u64_at(buf, 16),
+            ss_flags: u32_at(buf, 24),
+            ss_size: u64_at(buf, 32),
         },
-    })
+    }
 }
 
 /// What only a process's main thread carries into its core image.

@@ -13,3 +13,27 @@ pub fn dup_above(fd: impl AsFd, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: r is a fresh fd nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
+
+/// Close every fd of this process but those in `keep`, with one
+/// close_range per gap between them (no listing of /proc/self/fd).
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 0u32;
+    for k in keep.into_iter().chain([u32::MAX]) {
+        if k > from {
+            // SAFETY: close_range only closes fds of this process in
+            // [from, k - 1]; no memory is passed.
+            let r = unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        from = k.saturating_add(1);
+    }
+    Ok(())
+}

@@ -406,6 +406,8 @@ pub struct GuardedSyscaller {
     /// The thread sits in a signal-delivery stop (where a resume applies the
     /// syscall restart rule to its registers), not at a syscall exit.
     at_signal_stop: std::cell::Cell<bool>,
+    /// [`GuardedSyscaller::begin_finish`] resumed it towards its event stop.
+    leaving: std::cell::Cell<bool>,
     finished: bool,
 }
 
@@ -463,6 +465,7 @@ impl GuardedSyscaller {
             frame_at,
             under_frame,
             at_signal_stop: std::cell::Cell::new(true),
+            leaving: std::cell::Cell::new(false),
             finished: false,
         };
         ptrace::set_regs(tid, &parked)?;
@@ -485,23 +488,55 @@ impl GuardedSyscaller {
     /// Run syscall `nr` with `args`; returns the raw result (a negative
     /// errno on failure).
     pub fn raw(&self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
+        self.start(nr, args)?;
+        self.pass_entry()?;
+        self.take_result()
+    }
+
+    /// The first step of [`GuardedSyscaller::raw`], split so that many
+    /// threads can run a call each at once (see [`raw_in_each`]): set up
+    /// syscall `nr` with `args` and let the thread run to its entry.
+    pub fn start(&self, nr: i64, args: [u64; 6]) -> io::Result<()> {
         // The thread's own registers but for rsp, on the frame, and the call.
         let mut regs = self.own;
         regs.rsp = self.frame_at;
         let regs = call_regs(regs, self.gadgets.syscall_ret, nr, args);
         ptrace::set_regs(self.tid, &regs)?;
         self.at_signal_stop.set(false);
-        // The entry stop, then the exit stop.
-        for _ in 0..2 {
-            self.wait_for(SYSCALL_STOP, 0, syscall_step)?;
-        }
-        let after = ptrace::get_regs(self.tid)?;
-        Ok(after.rax as i64)
+        syscall_step(self.tid)
+    }
+
+    /// The second step: wait for the syscall's entry stop and let it run.
+    pub fn pass_entry(&self) -> io::Result<()> {
+        self.await_stop(SYSCALL_STOP, 0, syscall_step)?;
+        syscall_step(self.tid)
+    }
+
+    /// The last step: wait for the syscall's exit stop; its raw result.
+    pub fn take_result(&self) -> io::Result<i64> {
+        self.await_stop(SYSCALL_STOP, 0, syscall_step)?;
+        Ok(ptrace::get_regs(self.tid)?.rax as i64)
     }
 
     /// Run syscall `nr`, turning a negative result into an io::Error.
     pub fn call(&self, nr: i64, args: [u64; 6]) -> io::Result<u64> {
         errno_result(self.raw(nr, args)?)
+    }
+
+    /// The first step of [`GuardedSyscaller::finish`], so that many threads
+    /// can take it at once: from the syscall exit stop into a
+    /// PTRACE_EVENT_STOP, on the way back to user mode, before the thread
+    /// runs any instruction; its signals still blocked, so that none is
+    /// dequeued meanwhile. Does nothing when the thread is where finish
+    /// starts already.
+    pub fn begin_finish(&self) -> io::Result<()> {
+        if self.finished || self.at_signal_stop.get() || self.leaving.get() {
+            return Ok(());
+        }
+        ptrace::interrupt(self.tid)?;
+        ptrace::resume(self.tid, 0)?;
+        self.leaving.set(true);
+        Ok(())
     }
 
     /// Put back the thread's own signal mask and registers (in a
@@ -512,14 +547,12 @@ impl GuardedSyscaller {
             return Ok(());
         }
         if !self.at_signal_stop.get() {
-            // From the syscall exit stop into a PTRACE_EVENT_STOP, on the way
-            // back to user mode, before the thread runs any instruction; its
-            // signals still blocked, so that none is dequeued meanwhile.
-            ptrace::interrupt(self.tid)?;
-            self.wait_for(libc::SIGTRAP, libc::PTRACE_EVENT_STOP, |t| {
+            self.begin_finish()?;
+            self.await_stop(libc::SIGTRAP, libc::PTRACE_EVENT_STOP, |t| {
                 ptrace::resume(t, 0)
             })?;
             self.at_signal_stop.set(true);
+            self.leaving.set(false);
         }
         ptrace::set_sigmask(self.tid, self.own_mask)?;
         ptrace::set_regs(self.tid, &self.own)?;
@@ -535,15 +568,15 @@ impl GuardedSyscaller {
         Ok(())
     }
 
-    /// Resume with `go` until a stop with `sig` and `event`; other stops (a
-    /// group stop, a ptrace event) are resumed the same way.
-    fn wait_for(
+    /// Wait (the thread already resumed) for a stop with `sig` and
+    /// `event`; other stops (a group stop, a ptrace event) are resumed with
+    /// `go`.
+    fn await_stop(
         &self,
         sig: i32,
         event: i32,
         go: impl Fn(pid_t) -> io::Result<()>,
     ) -> io::Result<()> {
-        go(self.tid)?;
         loop {
             match ptrace::wait(self.tid)? {
                 WaitEvent::Stopped { sig: s, event: e } if s == sig && e == event => return Ok(()),
@@ -563,6 +596,25 @@ impl GuardedSyscaller {
             }
         }
     }
+}
+
+/// Run one syscall in each of `threads` at once: `calls[i]` (number and
+/// arguments) in `threads[i]`. Every thread is resumed before crust waits
+/// for any, so that they run theirs while crust drives the others. The raw
+/// results, in order; on an error, the threads not yet done stay mid-call
+/// (their [`GuardedSyscaller::finish`] still puts them back).
+pub fn raw_in_each(
+    threads: &[&GuardedSyscaller],
+    calls: &[(i64, [u64; 6])],
+) -> io::Result<Vec<i64>> {
+    assert_eq!(threads.len(), calls.len(), "one call per thread");
+    for (t, &(nr, args)) in threads.iter().zip(calls) {
+        t.start(nr, args)?;
+    }
+    for t in threads {
+        t.pass_entry()?;
+    }
+    threads.iter().map(|t| t.take_result()).collect()
 }
 
 /// `regs` set to run syscall `nr` with `args` at the `syscall` instruction

@@ -583,18 +583,13 @@ impl OpenFiles {
             };
             fcntl(*target, FcntlArg::F_SETFD(flags)).ctx(|| format!("flags of fd {target}"))?;
         }
-        let wanted: std::collections::HashSet<RawFd> = moved
+        let wanted: Vec<RawFd> = moved
             .iter()
             .map(|m| m.0)
             .chain(keep.iter().map(|k| k.as_raw_fd()))
             .collect();
         drop(moved);
-        let open = procfs::list_fds(std::process::id() as i32).ctx(|| "listing own fds".into())?;
-        for fd in open {
-            if !wanted.contains(&fd) {
-                let _ = nix::unistd::close(fd);
-            }
-        }
+        crust_sys::fd::close_all_except(&wanted).ctx(|| "closing the fds not restored".into())?;
         epoll::add_watches(table, &self.epolls)
     }
 }

@@ -348,36 +348,64 @@ pub fn read_timers(pid: i32) -> Result<Vec<PosixTimer>, ReadError> {
 }
 
 /// Reads `count` pagemap entries of task `pid`, starting at the page that
-/// holds virtual address `start_addr`, with one positioned read.
-///
-/// Entries past the end of the address space are simply not returned, so the
-/// result may be shorter than `count`. PFNs read as 0 without CAP_SYS_ADMIN.
+/// holds virtual address `start_addr`, with one positioned read (see
+/// [`Pagemap::read`]; [`Pagemap`] keeps the file open for many reads).
 pub fn read_pagemap(
     pid: i32,
     start_addr: u64,
     count: usize,
 ) -> Result<Vec<PagemapEntry>, ReadError> {
-    use std::os::unix::fs::FileExt;
-    let path = proc_path(pid, "pagemap");
-    let io_err = |path: &Path, source| ReadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let page_size = page_size();
-    let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
-    let offset = (start_addr / page_size).saturating_mul(PAGEMAP_ENTRY_SIZE as u64);
-    let mut buf = vec![0u8; count.saturating_mul(PAGEMAP_ENTRY_SIZE)];
-    let mut done = 0usize;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset.saturating_add(done as u64)) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(&path, e)),
+    Pagemap::open(pid)?.read(start_addr, count)
+}
+
+/// `/proc/PID/pagemap` of one task, open for any number of reads.
+pub struct Pagemap {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Pagemap {
+    /// Open the pagemap of task `pid`.
+    pub fn open(pid: i32) -> Result<Self, ReadError> {
+        let path = proc_path(pid, "pagemap");
+        match std::fs::File::open(&path) {
+            Ok(file) => Ok(Pagemap { file, path }),
+            Err(source) => Err(ReadError::Io { path, source }),
         }
     }
-    buf.truncate(done - done % PAGEMAP_ENTRY_SIZE);
-    parse_pagemap(&buf).map_err(|source| ReadError::Parse { path, source })
+
+    /// Reads `count` entries, starting at the page that holds virtual
+    /// address `start_addr`, with one positioned read.
+    ///
+    /// Entries past the end of the address space are simply not returned,
+    /// so the result may be shorter than `count`. PFNs read as 0 without
+    /// CAP_SYS_ADMIN.
+    pub fn read(&self, start_addr: u64, count: usize) -> Result<Vec<PagemapEntry>, ReadError> {
+        use std::os::unix::fs::FileExt;
+        let io_err = |source| ReadError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let offset = (start_addr / page_size()).saturating_mul(PAGEMAP_ENTRY_SIZE as u64);
+        let mut buf = vec![0u8; count.saturating_mul(PAGEMAP_ENTRY_SIZE)];
+        let mut done = 0usize;
+        while done < buf.len() {
+            match self
+                .file
+                .read_at(&mut buf[done..], offset.saturating_add(done as u64))
+            {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        buf.truncate(done - done % PAGEMAP_ENTRY_SIZE);
+        parse_pagemap(&buf).map_err(|source| ReadError::Parse {
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
 fn page_size() -> u64 {
