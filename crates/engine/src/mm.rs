@@ -144,19 +144,12 @@ impl MmDump {
     }
 }
 
-/// Upper bound of the bytes of pages a task's dump will hold, from smaps,
-/// taken before the freeze to size the page image.
+/// Estimate of the bytes of pages a task's dump will hold (its private
+/// anonymous pages, resident or swapped, from smaps_rollup), taken before
+/// the freeze to size the page image.
 pub fn estimate_page_bytes(pid: i32) -> Result<u64> {
-    let vmas = procfs::read_smaps(pid)?;
-    Ok(vmas
-        .iter()
-        .map(|v| match v.path {
-            VmaPath::Vdso | VmaPath::Vvar | VmaPath::VvarVclock | VmaPath::Vsyscall => 0,
-            _ if v.shared => 0,
-            VmaPath::File { .. } => (v.anonymous_kib + v.swap_kib) * 1024,
-            _ => (v.rss_kib + v.swap_kib) * 1024,
-        })
-        .sum())
+    let all = procfs::read_smaps_rollup(pid)?;
+    Ok((all.anonymous_kib + all.swap_kib) * 1024)
 }
 
 fn prot_of(v: &Vma) -> u32 {

@@ -94,6 +94,28 @@ fn procfs_live_self() {
 }
 
 #[test]
+fn procfs_live_smaps_rollup_sums_the_anonymous_pages() {
+    let before = read_smaps_rollup(self_pid()).unwrap().anonymous_kib;
+    // 8 MiB more of private anonymous memory, every page touched.
+    let block = vec![1u8; 8 << 20];
+    let after = read_smaps_rollup(self_pid()).unwrap().anonymous_kib;
+    assert!(
+        after >= before + 8 * 1024 - 64,
+        "Anonymous: {before} kB before, {after} kB after 8 MiB touched"
+    );
+    let per_vma: u64 = read_smaps(self_pid())
+        .unwrap()
+        .iter()
+        .map(|v| v.anonymous_kib)
+        .sum();
+    assert!(
+        per_vma.abs_diff(after) < 4096,
+        "smaps: {per_vma} kB, rollup {after} kB"
+    );
+    drop(block);
+}
+
+#[test]
 fn procfs_live_missing_pid_errors_name_path() {
     // pid_max is at most 2^22, so this pid never exists.
     let e = read_stat(i32::MAX).unwrap_err();
