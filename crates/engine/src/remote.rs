@@ -75,7 +75,12 @@ impl Remote {
     /// Prepare remote syscalls in `pid`, whose registers are `regs`, at a
     /// `syscall` instruction of its current [vdso].
     pub fn new(pid: i32, regs: Regs) -> Result<Self> {
-        let ip = vdso_syscall_ip(pid)?;
+        Self::with_maps(pid, regs, &procfs::read_maps(pid)?)
+    }
+
+    /// [`Remote::new`] for a task whose mappings `maps` were just read.
+    pub fn with_maps(pid: i32, regs: Regs, maps: &[Vma]) -> Result<Self> {
+        let ip = vdso_syscall_ip(pid, maps)?;
         Ok(Remote {
             pid,
             sc: Driver::Plain(RemoteSyscaller::new(pid, ip, regs)),
@@ -168,7 +173,7 @@ impl Remote {
         let sc = match guarded {
             Some(g) => Driver::Guarded(g),
             None => {
-                let ip = vdso_syscall_ip(pid)?;
+                let ip = vdso_syscall_ip(pid, &procfs::read_maps(pid)?)?;
                 ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
                 Driver::Plain(RemoteSyscaller::new(tid, ip, th.regs))
             }
@@ -502,9 +507,9 @@ fn dump_gadgets(pid: i32, maps: &[Vma]) -> Option<Gadgets> {
     find_gadgets(pid, &ranges)
 }
 
-/// Address of a `syscall` instruction in the [vdso] of `pid`.
-fn vdso_syscall_ip(pid: i32) -> Result<u64> {
-    let maps = procfs::read_maps(pid)?;
+/// Address of a `syscall` instruction in the [vdso] of `pid`, whose
+/// mappings are `maps`.
+fn vdso_syscall_ip(pid: i32, maps: &[Vma]) -> Result<u64> {
     let vdso = maps
         .iter()
         .find(|v| v.path == VmaPath::Vdso)

@@ -562,10 +562,10 @@ fn begin<'a>(
 ) -> Result<(Begun, mm::Fill<'a>)> {
     let pid = ready.outer;
     let regs = ptrace::get_regs(pid).ctx(|| format!("registers of {pid}"))?;
-    let mut r = Remote::new(pid, regs)?;
+    let current = crust_sys::procfs::read_maps(pid)?;
+    let mut r = Remote::with_maps(pid, regs, &current)?;
     task::unregister_rseq(&r)?;
     // The scratch area first, so that the clearing runs in batches.
-    let current = crust_sys::procfs::read_maps(pid)?;
     r.map_scratch(Some(mm::scratch_gap(&p.mm, &current)))?;
     mm::clear_and_move_vdso(&mut r, &p.mm, &p.mm_name, &ready.premapped, &current)?;
     if drain_sigchld {
