@@ -472,8 +472,9 @@ pub fn verify_for_restore(dir: &Path, strict: bool) -> Result<PageSums> {
 }
 
 /// The manifest's sums of the page images of a restore, none checked yet.
-/// Each is either handed to the one that reads that page image, window by
-/// window, before any of its bytes go into a process ([`PageSums::defer`]),
+/// Each is either handed to whoever reads that page image, piece by piece,
+/// before any of its bytes go into a process ([`PageSums::defer`]; a page
+/// image two processes name is handed to both),
 /// or checked whole before the tree is forked ([`PageSums::check_rest`]).
 #[derive(Default)]
 pub struct PageSums {

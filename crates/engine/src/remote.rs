@@ -13,8 +13,8 @@
 use crust_sys::procfs::{self, Vma, VmaPath};
 use crust_sys::ptrace::{self, Regs};
 use crust_sys::remote::{
-    find_gadgets, find_syscall_insn, raw_in_each, Gadgets, GuardedSyscaller, RemoteSyscaller,
-    BATCH_CODE, BATCH_END, BATCH_ENTRY,
+    errno_result, find_gadgets, find_syscall_insn, raw_in_each, Gadgets, GuardedSyscaller,
+    RemoteSyscaller, BATCH_CODE, BATCH_END, BATCH_ENTRY,
 };
 use crust_sys::vm::{self, RemoteRange};
 
@@ -322,15 +322,7 @@ impl Remote {
         remotes
             .iter()
             .zip(raw)
-            .map(|(r, v)| {
-                if (-4095..0).contains(&v) {
-                    return Err(Error::Sys {
-                        what: format!("remote {what} in pid {}", r.pid),
-                        err: std::io::Error::from_raw_os_error(-v as i32),
-                    });
-                }
-                Ok(v as u64)
-            })
+            .map(|(r, v)| errno_result(v).ctx(|| format!("remote {what} in pid {}", r.pid)))
             .collect()
     }
 
@@ -370,13 +362,9 @@ impl Remote {
             for (i, c) in chunk.iter().enumerate() {
                 let at = i * BATCH_ENTRY + 56;
                 let raw = i64::from_ne_bytes(table[at..at + 8].try_into().expect("8 bytes"));
-                if (-4095..0).contains(&raw) {
-                    return Err(Error::Sys {
-                        what: format!("remote {} in pid {}", c.what, self.pid),
-                        err: std::io::Error::from_raw_os_error(-raw as i32),
-                    });
-                }
-                out.push(raw as u64);
+                out.push(
+                    errno_result(raw).ctx(|| format!("remote {} in pid {}", c.what, self.pid))?,
+                );
             }
         }
         Ok(out)

@@ -633,7 +633,7 @@ fn call_regs(mut regs: Regs, ip: u64, nr: i64, args: [u64; 6]) -> Regs {
 }
 
 /// A raw syscall result as an io::Result: -4095..-1 is an errno.
-fn errno_result(r: i64) -> io::Result<u64> {
+pub fn errno_result(r: i64) -> io::Result<u64> {
     if (-4095..0).contains(&r) {
         return Err(io::Error::from_raw_os_error(-r as i32));
     }
