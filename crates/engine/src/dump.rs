@@ -128,6 +128,7 @@ pub(crate) fn dump_into(
     let mut pages_written = 0;
     let bufs = std::sync::Mutex::new(bufs);
     let memdump_us = AtomicU64::new(0);
+    let mut gadgets = crate::remote::GadgetCache::default();
     std::thread::scope(|scope| -> Result<()> {
         let movers = crate::movers::Movers::start(scope, nr_movers);
         let mut pending = Vec::new();
@@ -154,7 +155,7 @@ pub(crate) fn dump_into(
             // frame of its own state until its registers and mask are put back
             // (see remote.rs), so a crust killed meanwhile leaves it whole.
             creds::suspend_seccomp_for_dump(tids, &statuses)?;
-            let mut r = Remote::for_dump(pid, pid, &threads[0])?;
+            let mut r = Remote::for_dump(pid, pid, &threads[0], &mut gadgets)?;
             let asked = (|| -> Result<_> {
                 r.map_scratch(None)?;
                 let mut facts = vec![task::ask(&r)?];

@@ -1248,6 +1248,10 @@ impl Fill<'_> {
                 ),
             };
             for (off, chunk) in windows(&ranges, PIECE) {
+                // Premapped before the fork, and checked then.
+                if chunk.iter().all(|r| inside(&self.premapped, r)) {
+                    continue;
+                }
                 let len: usize = chunk.iter().map(|r| r.len).sum();
                 let data = &mut buf[..len];
                 self.pages
@@ -1275,10 +1279,6 @@ impl Fill<'_> {
             Uffd,
             Plain,
         }
-        let inside = |set: &[(u64, u64)], r: &RemoteRange| {
-            set.iter()
-                .any(|&(s, e)| s <= r.addr && r.addr + r.len as u64 <= e)
-        };
         let way = |r: &RemoteRange| match &self.uffd {
             _ if inside(&self.premapped, r) => Way::Skip,
             Some((_, set)) if inside(set, r) => Way::Uffd,
@@ -1307,6 +1307,12 @@ impl Fill<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether range `r` lies inside one of `set` ([start, end) each).
+fn inside(set: &[(u64, u64)], r: &RemoteRange) -> bool {
+    set.iter()
+        .any(|&(s, e)| s <= r.addr && r.addr + r.len as u64 <= e)
 }
 
 /// Check `buf`, the bytes of a page image from offset `off`, against the
@@ -1421,9 +1427,11 @@ fn collapse_plan(mm: &pb::MmEntry, pagemap: &[pb::PagemapEntry]) -> (Vec<(u64, u
         }
         off += len;
     }
+    // A process that turned huge pages off gets none.
     let eligible = |e: u64| {
         mm.vmas.iter().any(|v| {
-            v.status & VMA_ANON_PRIVATE != 0
+            !mm.thp_disabled.unwrap_or(false)
+                && v.status & VMA_ANON_PRIVATE != 0
                 && v.madv.unwrap_or(0) & nohuge == 0
                 && v.flags & libc::MAP_GROWSDOWN as u32 == 0
                 && v.start <= e

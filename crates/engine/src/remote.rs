@@ -13,8 +13,8 @@
 use crust_sys::procfs::{self, Vma, VmaPath};
 use crust_sys::ptrace::{self, Regs};
 use crust_sys::remote::{
-    errno_result, find_gadgets, find_syscall_insn, raw_in_each, Gadgets, GuardedSyscaller,
-    RemoteSyscaller, BATCH_CODE, BATCH_END, BATCH_ENTRY,
+    errno_result, find_gadgets, find_syscall_insn, gadgets_at, raw_in_each, Gadgets,
+    GuardedSyscaller, RemoteSyscaller, BATCH_CODE, BATCH_END, BATCH_ENTRY,
 };
 use crust_sys::vm::{self, RemoteRange};
 
@@ -94,9 +94,15 @@ impl Remote {
     /// whatever moment crust dies at, when the task's code has the gadgets
     /// for it (else plain, with a warning). Every signal of the thread is
     /// blocked until [`Remote::finish`] (or drop) puts its own state back.
-    pub fn for_dump(pid: i32, tid: i32, th: &ThreadState) -> Result<Self> {
+    /// `gadgets` remembers where the last process had them.
+    pub fn for_dump(
+        pid: i32,
+        tid: i32,
+        th: &ThreadState,
+        gadgets: &mut GadgetCache,
+    ) -> Result<Self> {
         let maps = procfs::read_maps(pid)?;
-        let gadgets = dump_gadgets(pid, &maps);
+        let gadgets = dump_gadgets(pid, &maps, gadgets);
         if gadgets.is_none() {
             tracing::warn!(
                 "pid {pid}: no `syscall; ret` and signal restorer in its code: \
@@ -480,10 +486,70 @@ impl Drop for Remote {
     }
 }
 
+/// Where the gadgets of the last process dumped were: for each, the
+/// mapping that holds it (file, offset in it and size) and its place in
+/// that mapping. The processes of a tree mostly run the same programs: each
+/// next one is looked at there first, a few bytes read instead of its code.
+#[derive(Default)]
+pub struct GadgetCache {
+    spots: Option<[(MapKey, u64); 2]>,
+}
+
+/// What identifies a mapping of the same code in another process.
+#[derive(Clone, PartialEq, Eq)]
+struct MapKey {
+    path: VmaPath,
+    inode: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl MapKey {
+    fn of(v: &Vma) -> MapKey {
+        MapKey {
+            path: v.path.clone(),
+            inode: v.inode,
+            offset: v.offset,
+            len: v.end - v.start,
+        }
+    }
+}
+
+impl GadgetCache {
+    /// Where the cached gadgets would be in a process mapped as `maps`.
+    fn guess(&self, maps: &[Vma]) -> Option<Gadgets> {
+        let [(k1, o1), (k2, o2)] = self.spots.as_ref()?;
+        let at = |k: &MapKey, o: u64| {
+            maps.iter()
+                .find(|v| v.exec && MapKey::of(v) == *k)
+                .map(|v| v.start + o)
+        };
+        Some(Gadgets {
+            syscall_ret: at(k1, *o1)?,
+            restorer: at(k2, *o2)?,
+        })
+    }
+
+    /// Remember `g`, found in a process mapped as `maps`.
+    fn remember(&mut self, g: &Gadgets, maps: &[Vma]) {
+        let spot = |addr: u64| {
+            maps.iter()
+                .find(|v| v.start <= addr && addr < v.end)
+                .map(|v| (MapKey::of(v), addr - v.start))
+        };
+        self.spots = spot(g.syscall_ret)
+            .zip(spot(g.restorer))
+            .map(|(a, b)| [a, b]);
+    }
+}
+
 /// The gadgets of guarded remote syscalls in process `pid` whose mappings
-/// are `maps`: looked for in its readable code, the vdso and C libraries
-/// first.
-fn dump_gadgets(pid: i32, maps: &[Vma]) -> Option<Gadgets> {
+/// are `maps`: where `cache` says, if they are there, else looked for in
+/// its readable code, the vdso and C libraries first.
+fn dump_gadgets(pid: i32, maps: &[Vma], cache: &mut GadgetCache) -> Option<Gadgets> {
+    if let Some(g) = cache.guess(maps).filter(|g| gadgets_at(pid, g)) {
+        return Some(g);
+    }
     let rank = |v: &Vma| match &v.path {
         VmaPath::Vdso => 0,
         VmaPath::File { path, .. } if path.contains("/libc") || path.contains("/ld-musl") => 1,
@@ -492,7 +558,11 @@ fn dump_gadgets(pid: i32, maps: &[Vma]) -> Option<Gadgets> {
     let mut code: Vec<&Vma> = maps.iter().filter(|v| v.read && v.exec).collect();
     code.sort_by_key(|v| rank(v));
     let ranges: Vec<(u64, u64)> = code.iter().map(|v| (v.start, v.end)).collect();
-    find_gadgets(pid, &ranges)
+    let found = find_gadgets(pid, &ranges);
+    if let Some(g) = &found {
+        cache.remember(g, maps);
+    }
+    found
 }
 
 /// Address of a `syscall` instruction in the [vdso] of `pid`, whose

@@ -117,6 +117,10 @@ fn load(dir: &ImageDir) -> Result<Plan> {
         .map(|f| (f.id, f))
         .collect();
     let creds = creds::Restorer::load(dir)?;
+    let own_limits = task::own_hard_limits()?;
+    // Files many processes map (their program, its libraries) are looked
+    // at once.
+    let mut unchanged: HashSet<u32> = HashSet::new();
     let mut procs = HashMap::new();
     let mut zombies = HashMap::new();
     let mut fdinfo_names = Vec::new();
@@ -150,7 +154,7 @@ fn load(dir: &ImageDir) -> Result<Plan> {
         let tc = parts
             .tc
             .ok_or_else(|| bad(&core_name, "the main thread's core has no tc"))?;
-        task::check_rlimits(tc)?;
+        task::check_rlimits(tc, &own_limits)?;
         let mut thread_cores = vec![(e.pid as i32, main, core_name)];
         for &t in e.threads.iter().skip(1) {
             let name = names::core(t);
@@ -177,11 +181,14 @@ fn load(dir: &ImageDir) -> Result<Plan> {
             let r = reg(&files, id, "mapped file")?;
             // A ghost file is recreated from the images; its path must not
             // exist.
-            if r.crust_ghost_id.is_none() {
+            if r.crust_ghost_id.is_none() && unchanged.insert(id) {
                 files::check_unchanged(r)?;
             }
         }
-        files::check_unchanged(reg(&files, mm.exe_file_id, "exe file")?)?;
+        let exe = reg(&files, mm.exe_file_id, "exe file")?;
+        if unchanged.insert(mm.exe_file_id) {
+            files::check_unchanged(exe)?;
+        }
         let fdinfo_name = names::fdinfo(ids.files_id);
         let fdinfos: Vec<pb::FdinfoEntry> = dir.read(&fdinfo_name, ImageKind::Fdinfo)?;
         fdinfo_names.push((fdinfo_name, fdinfos.clone()));
@@ -438,6 +445,7 @@ pub(crate) fn restore(
     // on with the next one while movers write its pages; once they are
     // written, the tracer finishes it.
     let mut all_tids = Vec::new();
+    let own_actions = signal::own_actions();
     std::thread::scope(|scope| -> Result<()> {
         let movers = movers::Movers::start(scope, movers::default_count());
         let mut begun = Vec::new();
@@ -457,7 +465,15 @@ pub(crate) fn restore(
             let t_wait = Instant::now();
             pending.wait()?;
             waited += us(t_wait);
-            let tids = finish(p, r, half, &files_index, opts.new_pid_ns, &plan.creds)?;
+            let tids = finish(
+                p,
+                r,
+                half,
+                &files_index,
+                opts.new_pid_ns,
+                &plan.creds,
+                &own_actions,
+            )?;
             all_tids.push((
                 r.outer,
                 tids,
@@ -595,6 +611,7 @@ fn finish(
     files_index: &mm::FileIndex,
     new_pid_ns: bool,
     creds: &creds::Restorer,
+    own_actions: &[Option<[u64; 4]>],
 ) -> Result<Vec<i32>> {
     let pid = ready.outer;
     let Begun {
@@ -607,7 +624,7 @@ fn finish(
     mm::set_mm_fields(&r, &p.mm, files_index, prefds)?;
     let main = task::parts(&p.cores[0].1, &p.cores[0].2)?;
     let tc = main.tc.expect("checked at load");
-    signal::restore(&r, &tc.sigactions, &p.cores[0].2)?;
+    signal::restore(&r, &tc.sigactions, own_actions, &p.cores[0].2)?;
     // The other threads, each with its own tid, created once the main
     // thread has its name (which they inherit).
     let main_comm = task::comm_of(&main);

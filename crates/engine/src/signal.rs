@@ -51,10 +51,23 @@ pub fn dump(r: &Remote, ask: u64) -> Result<Vec<pb::SaEntry>> {
     Ok(out)
 }
 
+/// crust's own action for every signal 1..=64, as rt_sigaction shows it
+/// (None where it cannot be read): what the tasks crust forks inherit.
+pub fn own_actions() -> Vec<Option<[u64; 4]>> {
+    (1..=NSIG)
+        .map(|sig| crust_sys::clone::own_sigaction(sig as i32).ok())
+        .collect()
+}
+
 /// Set every sigaction of a restored task (scratch area mapped). The task
-/// was forked from crust, so it has crust's actions: only those that differ
-/// are set.
-pub fn restore(r: &Remote, actions: &[pb::SaEntry], file: &str) -> Result<()> {
+/// was forked from crust, so it has crust's actions, `own` (from
+/// [`own_actions`]): only those that differ are set.
+pub fn restore(
+    r: &Remote,
+    actions: &[pb::SaEntry],
+    own: &[Option<[u64; 4]>],
+    file: &str,
+) -> Result<()> {
     if actions.len() > NSIG as usize {
         return Err(Error::BadImage {
             file: file.to_string(),
@@ -72,7 +85,7 @@ pub fn restore(r: &Remote, actions: &[pb::SaEntry], file: &str) -> Result<()> {
             continue;
         }
         let want = [a.sigaction, a.flags, a.restorer, a.mask];
-        if crust_sys::clone::own_sigaction(sig as i32).ok() == Some(want) {
+        if own.get(i).copied().flatten() == Some(want) {
             continue;
         }
         let at = r.scratch() + structs.len() as u64;

@@ -777,19 +777,20 @@ pub fn restore_regs(pid: i32, p: &CoreParts, file: &str) -> Result<()> {
 /// Rlimits the restoring crust cannot grant, named: restore refuses them
 /// rather than change them silently (raising a hard limit needs
 /// CAP_SYS_RESOURCE, which this machine does not give root).
-pub fn check_rlimits(tc: &pb::TaskCoreEntry) -> Result<()> {
+pub fn check_rlimits(tc: &pb::TaskCoreEntry, own: &[u64]) -> Result<()> {
     let Some(rl) = &tc.rlimits else {
         return Ok(());
     };
     for (res, l) in rl.rlimits.iter().enumerate() {
-        let cur = nix::sys::resource::getrlimit(resource_of(res as u32)?)
-            .ctx(|| format!("getrlimit({res})"))?;
-        if l.max > cur.1 {
+        // Checked here: a limit crust does not know is refused.
+        resource_of(res as u32)?;
+        let hard = own.get(res).copied().unwrap_or(u64::MAX);
+        if l.max > hard {
             return Err(Error::Rlimit(format!(
                 "{}: its hard limit {} is above crust's own {} and raising it needs CAP_SYS_RESOURCE",
                 rlimit_name(res as u32),
                 l.max,
-                cur.1
+                hard
             )));
         }
         if l.cur > l.max {
@@ -802,6 +803,21 @@ pub fn check_rlimits(tc: &pb::TaskCoreEntry) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Number of resource limits (RLIM_NLIMITS on Linux).
+const RLIMITS: u32 = 16;
+
+/// crust's own hard limit of every resource [`check_rlimits`] knows, in
+/// resource order: what a restored task may have at most.
+pub fn own_hard_limits() -> Result<Vec<u64>> {
+    (0..RLIMITS)
+        .map(|res| {
+            nix::sys::resource::getrlimit(resource_of(res)?)
+                .map(|(_, hard)| hard)
+                .ctx(|| format!("getrlimit({res})"))
+        })
+        .collect()
 }
 
 fn resource_of(n: u32) -> Result<nix::sys::resource::Resource> {

@@ -198,50 +198,76 @@ pub struct Gadgets {
 }
 
 /// Look for [`Gadgets`] in the code ranges `[start, end)` of process `pid`,
-/// read in one batch (at most [`GADGET_SCAN_MAX`] bytes, ranges past that
-/// are skipped; ranges that cannot be read are skipped too); `None` when
-/// either sequence is missing.
+/// in order, a piece at a time, until both are found (at most
+/// [`GADGET_SCAN_MAX`] bytes are read; pieces that cannot be read are
+/// skipped); `None` when either sequence is missing. A restorer of the long
+/// form is preferred, as glibc and musl have it.
 pub fn find_gadgets(pid: pid_t, ranges: &[(u64, u64)]) -> Option<Gadgets> {
-    let mut remote = Vec::new();
-    let mut total = 0usize;
+    use memchr::memmem;
+    const STEP: usize = 1 << 20;
+    // A sequence may straddle two pieces: each piece overlaps the next by
+    // one byte less than the longest.
+    const OVERLAP: usize = RESTORER_LONG.len() - 1;
+    let mut buf = vec![0u8; STEP];
+    let mut budget = GADGET_SCAN_MAX;
+    let (mut syscall_ret, mut long, mut short) = (None, None, None);
     for &(start, end) in ranges {
-        let len = (end - start) as usize;
-        if total + len > GADGET_SCAN_MAX {
-            continue;
-        }
-        total += len;
-        remote.push(RemoteRange { addr: start, len });
-    }
-    let mut code = vec![0u8; total];
-    if vm::read_ranges(pid, &remote, &mut code).is_err() {
-        // A mapping that cannot be read whole (a file truncated under it):
-        // range by range, leaving what fails zero (no gadget matches zeros).
-        code.fill(0);
-        let mut off = 0usize;
-        for r in &remote {
-            let _ = vm::read_ranges(pid, std::slice::from_ref(r), &mut code[off..off + r.len]);
-            off += r.len;
-        }
-    }
-    let find = |pat: &[u8]| -> Option<u64> {
-        let mut off = 0usize;
-        for r in &remote {
-            let chunk = &code[off..off + r.len];
-            if let Some(i) = chunk.windows(pat.len()).position(|w| w == pat) {
-                return Some(r.addr + i as u64);
+        let mut at = start;
+        while at < end && budget > 0 {
+            let len = ((end - at) as usize).min(STEP).min(budget);
+            budget -= len;
+            let piece = &mut buf[..len];
+            if vm::read_ranges(pid, &[RemoteRange { addr: at, len }], piece).is_ok() {
+                let found = |pat: &[u8]| memmem::find(piece, pat).map(|i| at + i as u64);
+                syscall_ret = syscall_ret.or_else(|| found(SYSCALL_RET));
+                long = long.or_else(|| found(RESTORER_LONG));
+                short = short.or_else(|| found(RESTORER_SHORT));
             }
-            off += r.len;
+            if let (Some(syscall_ret), Some(restorer)) = (syscall_ret, long) {
+                return Some(Gadgets {
+                    syscall_ret,
+                    restorer,
+                });
+            }
+            if at + len as u64 >= end || len <= OVERLAP {
+                break;
+            }
+            at += (len - OVERLAP) as u64;
         }
-        None
-    };
-    let syscall_ret = find(SYSCALL_RET);
-    let restorer = find(RESTORER_LONG).or_else(|| find(RESTORER_SHORT));
+    }
     syscall_ret
-        .zip(restorer)
+        .zip(long.or(short))
         .map(|(syscall_ret, restorer)| Gadgets {
             syscall_ret,
             restorer,
         })
+}
+
+/// Whether `g` are gadgets in process `pid`: the bytes at both addresses
+/// are the sequences (a few bytes read, where [`find_gadgets`] reads code
+/// until it finds them).
+pub fn gadgets_at(pid: pid_t, g: &Gadgets) -> bool {
+    let mut bytes = [0u8; SYSCALL_RET.len() + RESTORER_LONG.len()];
+    let (sc, rest) = bytes.split_at_mut(SYSCALL_RET.len());
+    let read = |addr: u64, buf: &mut [u8]| {
+        vm::read_ranges(
+            pid,
+            &[RemoteRange {
+                addr,
+                len: buf.len(),
+            }],
+            buf,
+        )
+        .is_ok()
+    };
+    if !read(g.syscall_ret, sc) || sc != SYSCALL_RET {
+        return false;
+    }
+    let short = &mut rest[..RESTORER_SHORT.len()];
+    if read(g.restorer, short) && short == RESTORER_SHORT {
+        return true;
+    }
+    read(g.restorer, rest) && rest == RESTORER_LONG
 }
 
 /// `FP_XSTATE_MAGIC1`, in the software-reserved bytes of an XSAVE area.
@@ -638,4 +664,48 @@ pub fn errno_result(r: i64) -> io::Result<u64> {
         return Err(io::Error::from_raw_os_error(-r as i32));
     }
     Ok(r as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gadgets are found a piece at a time, also across two pieces, and
+    /// checked where they were found; the long restorer wins.
+    #[test]
+    fn gadgets_found_across_pieces_and_checked() {
+        let pid = std::process::id() as pid_t;
+        let mut code = vec![0x90u8; 3 << 20];
+        // A short restorer early, `syscall; ret` straddling the first
+        // 1 MiB piece, a long restorer in the third.
+        code[100..100 + RESTORER_SHORT.len()].copy_from_slice(RESTORER_SHORT);
+        let sc = (1 << 20) - 1;
+        code[sc..sc + SYSCALL_RET.len()].copy_from_slice(SYSCALL_RET);
+        let long = (2 << 20) + 5;
+        code[long..long + RESTORER_LONG.len()].copy_from_slice(RESTORER_LONG);
+        let base = code.as_ptr() as u64;
+        let range = [(base, base + code.len() as u64)];
+        let g = find_gadgets(pid, &range).expect("both found");
+        assert_eq!(g.syscall_ret, base + sc as u64);
+        assert_eq!(g.restorer, base + long as u64);
+        assert!(gadgets_at(pid, &g));
+        let short = Gadgets {
+            restorer: base + 100,
+            ..g
+        };
+        assert!(gadgets_at(pid, &short));
+        let wrong = Gadgets {
+            restorer: base + 99,
+            ..g
+        };
+        assert!(!gadgets_at(pid, &wrong));
+        // Without the long one, the short one does.
+        code[long] = 0x90;
+        assert_eq!(
+            find_gadgets(pid, &range).map(|g| g.restorer),
+            Some(base + 100)
+        );
+        code[sc] = 0x90;
+        assert_eq!(find_gadgets(pid, &range), None);
+    }
 }
