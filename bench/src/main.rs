@@ -23,8 +23,10 @@
 //! stats-dump.img`.
 //!
 //! Parts 1 and 2 are scenario `mem`. Scenarios `tree` (100 processes of
-//! 8 MiB in one session) and `threads` (one process of 200 threads) are in
-//! `scenarios.rs`; `--scenario` picks one or `all` (the default).
+//! 8 MiB in one session, with its own floors: the same amount of fresh
+//! tmpfs writes and fresh 4 KiB pages, spread over every CPU) and
+//! `threads` (one process of 200 threads) are in `scenarios.rs`;
+//! `--scenario` picks one or `all` (the default).
 //!
 //! Output: a table per scenario, then one JSON line (starting with `{"crust_bench"`).
 //! Exit status: 0 if every run restored a target that verified its pattern,

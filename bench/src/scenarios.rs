@@ -12,7 +12,7 @@
 
 use crate::{
     describe_status, dir_size, fmt_opt, fresh_dir, run_crust, spawn_target, tail, wait_exit,
-    wait_gone, Opts, Region, Result, Samples, Scenario, Target, MIB,
+    wait_gone, Opts, Region, Result, Samples, Scenario, Target, Thp, MIB,
 };
 use serde_json::{json, Value};
 use std::ffi::OsString;
@@ -328,6 +328,81 @@ fn copy_bandwidth(runs: usize) -> Result<(f64, Samples)> {
     Ok((len as f64 / best, s))
 }
 
+/// This machine's floors for the tree's page volume, best of the runs:
+/// first touch of that much fresh anonymous memory in 4 KiB pages, and a
+/// write of that much into fresh tmpfs files, each spread over every CPU
+/// at once. A restore makes that much fresh memory and a dump writes that
+/// much tmpfs, whatever else they do.
+struct Floors {
+    fresh_memory: Samples,
+    tmpfs_write: Samples,
+}
+
+/// Runs `job(i)` on one thread per CPU at once, `i` the thread's number,
+/// after `prepare(i)` on each; returns the wall-clock time from the start
+/// of the jobs to the end of the last.
+fn on_every_cpu<T>(
+    prepare: impl Fn(usize) -> Result<T> + Sync,
+    job: impl Fn(usize, T) -> Result<()> + Sync,
+) -> Result<f64> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = std::sync::Barrier::new(cpus + 1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..cpus)
+            .map(|i| {
+                let (start, prepare, job) = (&start, &prepare, &job);
+                s.spawn(move || {
+                    let ready = prepare(i);
+                    start.wait();
+                    ready.and_then(|r| job(i, r))
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        for w in workers {
+            w.join()
+                .map_err(|_| "a floor thread panicked".to_string())??;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    })
+}
+
+fn floors(o: &Opts, bytes: usize) -> Result<Floors> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = (bytes / cpus).next_multiple_of(crate::PAGE);
+    let fresh_memory = crate::repeat(o.runs, || {
+        on_every_cpu(
+            |_| Region::new(share, Thp::Never),
+            |_, mut r| {
+                r.touch();
+                Ok(())
+            },
+        )
+    })?;
+    fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    let file = |i: usize| o.dir.join(format!("floor-{i}.bin"));
+    let tmpfs_write = crate::repeat(o.runs, || {
+        let t = on_every_cpu(
+            |i| {
+                let _ = fs::remove_file(file(i));
+                Region::prefaulted(share)
+            },
+            |i, src| {
+                fs::write(file(i), src.slice()).map_err(|e| format!("{}: {e}", file(i).display()))
+            },
+        );
+        for i in 0..cpus {
+            let _ = fs::remove_file(file(i));
+        }
+        t
+    })?;
+    Ok(Floors {
+        fresh_memory,
+        tmpfs_write,
+    })
+}
+
 struct SRow {
     name: &'static str,
     key: &'static str,
@@ -337,7 +412,7 @@ struct SRow {
     criu: &'static str,
 }
 
-fn rows(sc: Scenario, results: &[MultiRun], bw: Option<f64>) -> Vec<SRow> {
+fn rows(sc: Scenario, results: &[MultiRun], bw: Option<f64>, floors: Option<&Floors>) -> Vec<SRow> {
     let col = |f: &dyn Fn(&MultiRun) -> Option<f64>| {
         let mut s = Samples::default();
         for r in results {
@@ -433,6 +508,31 @@ fn rows(sc: Scenario, results: &[MultiRun], bw: Option<f64>) -> Vec<SRow> {
             criu: "-",
         });
     }
+    if let Some(f) = floors {
+        for (name, key, floor, of) in [
+            (
+                "dump / tmpfs-write floor",
+                "dump_over_tmpfs_floor",
+                f.tmpfs_write.best(),
+                &(|r: &MultiRun| r.dump) as &dyn Fn(&MultiRun) -> f64,
+            ),
+            (
+                "restore / fresh-memory floor",
+                "restore_over_memory_floor",
+                f.fresh_memory.best(),
+                &|r: &MultiRun| r.restore,
+            ),
+        ] {
+            v.push(SRow {
+                name,
+                key,
+                unit: "x",
+                samples: col(&|r| floor.map(|fl| of(r) / fl)),
+                target: None,
+                criu: "-",
+            });
+        }
+    }
     v
 }
 
@@ -446,7 +546,7 @@ fn print_rows(title: &str, rows: &[SRow]) {
     for row in rows {
         let prec = match row.unit {
             "s" => 3,
-            "ms" => 2,
+            "ms" | "x" => 2,
             _ => 1,
         };
         let best = row.samples.best();
@@ -500,6 +600,19 @@ pub(crate) fn run_scenario(
     } else {
         None
     };
+    let floors = if sc == Scenario::Tree {
+        let f = floors(o, TREE_PROCS * TREE_MIB_EACH * MIB)?;
+        let mib = TREE_PROCS * TREE_MIB_EACH;
+        println!(
+            "  floors for {mib} MiB on every CPU at once, best of {}: first touch of fresh 4 KiB pages {} s, write into fresh tmpfs files {} s",
+            o.runs,
+            fmt_opt(f.fresh_memory.best(), 3),
+            fmt_opt(f.tmpfs_write.best(), 3)
+        );
+        Some(f)
+    } else {
+        None
+    };
     let mut results = Vec::new();
     let mut error = None;
     for i in 0..=o.runs {
@@ -533,7 +646,7 @@ pub(crate) fn run_scenario(
             }
         }
     }
-    let rows = rows(sc, &results, bw);
+    let rows = rows(sc, &results, bw, floors.as_ref());
     if !results.is_empty() {
         print_rows(
             &format!(
@@ -546,6 +659,9 @@ pub(crate) fn run_scenario(
         if sc == Scenario::Tree {
             println!(
                 "per-process overhead = (wall-clock - pages dumped / copy bandwidth) / {pids} processes"
+            );
+            println!(
+                "floor ratios: wall-clock / the floor above (1.0 would be a dump or restore that costs no more than making its pages)"
             );
         }
     }
@@ -571,6 +687,13 @@ pub(crate) fn run_scenario(
         }),
     );
     m.insert("copy_bandwidth_gb_per_s".into(), json!(bw.map(|b| b / 1e9)));
+    m.insert(
+        "floors".into(),
+        json!(floors.as_ref().map(|f| json!({
+            "fresh_memory_4k_all_cpus": f.fresh_memory.json(),
+            "tmpfs_write_fresh_all_cpus": f.tmpfs_write.json(),
+        }))),
+    );
     m.insert("error".into(), json!(error));
     Ok((Value::Object(m), error))
 }
