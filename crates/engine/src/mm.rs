@@ -301,15 +301,16 @@ fn keep(rule: PageRule, e: &PagemapEntry, zero_pfn: Option<u64>) -> bool {
     }
 }
 
-/// Collect the memory layout and the pages to dump of a frozen task.
+/// Collect the memory layout and the pages to dump of a frozen task whose
+/// mappings, from /proc/PID/smaps, are `vmas`.
 pub fn collect(
     pid: i32,
+    vmas: Vec<Vma>,
     stat: &Stat,
     brk: u64,
     files: &mut FileTable,
     ctx: &mut DumpCtx,
 ) -> Result<MmDump> {
-    let vmas = procfs::read_smaps(pid)?;
     let zero_pfn = crust_sys::mmap::zero_page_pfn();
     let pagemap = procfs::Pagemap::open(pid)?;
     let mut entries = Vec::with_capacity(vmas.len());
