@@ -24,12 +24,9 @@ pub fn spawn(pidfds: &[OwnedFd]) -> io::Result<Watchdog> {
     let keep: Vec<RawFd> = pidfds
         .iter()
         .map(|f| f.as_raw_fd())
-        .chain([read.as_raw_fd()])
+        .chain([0, 1, 2, read.as_raw_fd()])
         .collect();
-    let close: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2 && !keep.contains(fd))
-        .collect();
+    let keep = crate::fd::sorted_fds(&keep);
     let targets: Vec<RawFd> = pidfds.iter().map(|f| f.as_raw_fd()).collect();
     let read_fd = read.as_raw_fd();
     // SAFETY: the child runs only raw syscalls on values built before the
@@ -45,9 +42,9 @@ pub fn spawn(pidfds: &[OwnedFd]) -> io::Result<Watchdog> {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
             libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-            for fd in &close {
-                libc::close(*fd);
-            }
+            // Every other fd, also one another thread opened meanwhile
+            // (best effort: an error, no allocation, leaves some open).
+            let _ = crate::fd::close_all_except_sorted(&keep);
             let mut byte = 0u8;
             let n = loop {
                 let n = libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
@@ -95,5 +92,47 @@ impl Drop for Watchdog {
         if self.arm.take().is_some() {
             self.reap();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watchdog keeps its pidfds, its pipe and stdio, nothing else;
+    /// disarmed, it leaves its process alive; dropped, it kills it.
+    #[test]
+    fn watchdog_keeps_only_its_fds_and_kills_when_dropped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = crate::pidfd::pidfd_open(child.id() as pid_t).unwrap();
+        // An fd another process could wait on: a pipe's write end.
+        let (_rd, wr) = crate::pipe::pipe2(libc::O_CLOEXEC).unwrap();
+        let dog = spawn(std::slice::from_ref(&pidfd)).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held = std::fs::read_dir(format!("/proc/{}/fd", dog.pid))
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+                .collect();
+            if !held.contains(&wr.as_raw_fd()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!held.contains(&wr.as_raw_fd()), "watchdog holds {held:?}");
+        assert!(held.contains(&pidfd.as_raw_fd()), "watchdog holds {held:?}");
+        assert!(held.len() <= 5, "watchdog holds {held:?}");
+        dog.disarm().unwrap();
+        assert!(child.try_wait().unwrap().is_none(), "disarmed, it killed");
+        let dog = spawn(std::slice::from_ref(&pidfd)).unwrap();
+        drop(dog);
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
     }
 }
