@@ -777,14 +777,14 @@ pub fn restore_regs(pid: i32, p: &CoreParts, file: &str) -> Result<()> {
 /// Rlimits the restoring crust cannot grant, named: restore refuses them
 /// rather than change them silently (raising a hard limit needs
 /// CAP_SYS_RESOURCE, which this machine does not give root).
-pub fn check_rlimits(tc: &pb::TaskCoreEntry, own: &[u64]) -> Result<()> {
+pub fn check_rlimits(tc: &pb::TaskCoreEntry, own: &OwnLimits) -> Result<()> {
     let Some(rl) = &tc.rlimits else {
         return Ok(());
     };
     for (res, l) in rl.rlimits.iter().enumerate() {
-        // Checked here: a limit crust does not know is refused.
+        // A limit crust does not know is refused; the others are in `own`.
         resource_of(res as u32)?;
-        let hard = own.get(res).copied().unwrap_or(u64::MAX);
+        let hard = own[res];
         if l.max > hard {
             return Err(Error::Rlimit(format!(
                 "{}: its hard limit {} is above crust's own {} and raising it needs CAP_SYS_RESOURCE",
@@ -808,16 +808,19 @@ pub fn check_rlimits(tc: &pb::TaskCoreEntry, own: &[u64]) -> Result<()> {
 /// Number of resource limits (RLIM_NLIMITS on Linux).
 const RLIMITS: u32 = 16;
 
-/// crust's own hard limit of every resource [`check_rlimits`] knows, in
-/// resource order: what a restored task may have at most.
-pub fn own_hard_limits() -> Result<Vec<u64>> {
-    (0..RLIMITS)
-        .map(|res| {
-            nix::sys::resource::getrlimit(resource_of(res)?)
-                .map(|(_, hard)| hard)
-                .ctx(|| format!("getrlimit({res})"))
-        })
-        .collect()
+/// crust's own hard limit of every resource [`resource_of`] knows, in
+/// resource order.
+pub type OwnLimits = [u64; RLIMITS as usize];
+
+/// crust's own hard limits: what a restored task may have at most.
+pub fn own_hard_limits() -> Result<OwnLimits> {
+    let mut own = [0; RLIMITS as usize];
+    for (res, hard) in own.iter_mut().enumerate() {
+        *hard = nix::sys::resource::getrlimit(resource_of(res as u32)?)
+            .map(|(_, h)| h)
+            .ctx(|| format!("getrlimit({res})"))?;
+    }
+    Ok(own)
 }
 
 fn resource_of(n: u32) -> Result<nix::sys::resource::Resource> {
