@@ -686,41 +686,51 @@ impl Restorer {
         } else {
             0
         };
+        let start = Inherited::of(pid)?;
         for &f in &chains[0][..shared] {
             self.install(r, f, sync)?;
         }
         for (i, &tid) in tids.iter().enumerate() {
             let th = ths[i];
+            if !th.crust_cpu_affinity.is_empty() && th.crust_cpu_affinity != start.cpus {
+                sc::set_affinity(tid, &th.crust_cpu_affinity)
+                    .ctx(|| format!("sched_setaffinity of {tid}"))?;
+            }
+            // 0 (no class) too, unless the thread already has it.
+            if let Some(prio) = th.crust_ioprio.filter(|&p| p != start.ioprio) {
+                sc::set_ioprio(tid, prio).ctx(|| format!("ioprio_set of {tid}"))?;
+            }
+            let slack = th
+                .crust_timer_slack
+                .filter(|&s| s != 0 && s != start.timer_slack);
+            let filters = &chains[i][shared..];
+            let strict = th.seccomp_mode == Some(SECCOMP_MODE_STRICT as i32);
+            let creds = th.creds.as_ref().filter(|c| !start.has_creds(c));
+            if slack.is_none() && filters.is_empty() && !strict && creds.is_none() {
+                continue;
+            }
             let regs = ptrace::get_regs(tid).ctx(|| format!("registers of {tid}"))?;
             let mut sib = r.sibling(tid, regs);
             let res = (|| -> Result<()> {
-                if let Some(slack) = th.crust_timer_slack.filter(|&s| s != 0) {
+                if let Some(slack) = slack {
                     sib.call(
                         "prctl(PR_SET_TIMERSLACK)",
                         libc::SYS_prctl,
                         [PR_SET_TIMERSLACK, slack, 0, 0, 0, 0],
                     )?;
                 }
-                if !th.crust_cpu_affinity.is_empty() {
-                    sc::set_affinity(tid, &th.crust_cpu_affinity)
-                        .ctx(|| format!("sched_setaffinity of {tid}"))?;
-                }
-                // 0 (no class) too: the thread inherited crust's own.
-                if let Some(prio) = th.crust_ioprio {
-                    sc::set_ioprio(tid, prio).ctx(|| format!("ioprio_set of {tid}"))?;
-                }
-                for &f in &chains[i][shared..] {
+                for &f in filters {
                     self.install(&sib, f, 0)?;
                 }
-                if th.seccomp_mode == Some(SECCOMP_MODE_STRICT as i32) {
+                if strict {
                     sib.call(
                         "prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT)",
                         libc::SYS_prctl,
                         [PR_SET_SECCOMP, SECCOMP_MODE_STRICT as u64, 0, 0, 0, 0],
                     )?;
                 }
-                if let Some(c) = th.creds.as_ref() {
-                    restore_creds(&sib, pid, tid, c, self.own.last_cap)?;
+                if let Some(c) = creds {
+                    restore_creds(&sib, c, self.own.last_cap)?;
                     // A change of credentials clears the parent-death signal.
                     if let Some(sig) = th.pdeath_sig.filter(|&s| s != 0) {
                         sib.call(
@@ -795,28 +805,51 @@ fn cpu_list(mask: &[u64]) -> String {
     }
 }
 
-/// Whether thread `tid` of `pid` already has credentials `c` (as crust's
-/// children start: crust's own), so that nothing needs changing.
-fn already(pid: i32, tid: i32, c: &pb::CredsEntry) -> Result<bool> {
-    let st = procfs::read_task_status(pid, tid)?;
-    let mine = creds_entry(&st, c.secbits);
-    // The child inherited crust's own securebits.
-    Ok(sc::own_securebits() == c.secbits
-        && mine.uid == c.uid
-        && mine.euid == c.euid
-        && mine.suid == c.suid
-        && mine.fsuid == c.fsuid
-        && mine.gid == c.gid
-        && mine.egid == c.egid
-        && mine.sgid == c.sgid
-        && mine.fsgid == c.fsgid
-        && mine.groups == c.groups
-        && join(&mine.cap_eff) == join(&c.cap_eff)
-        && join(&mine.cap_prm) == join(&c.cap_prm)
-        && join(&mine.cap_inh) == join(&c.cap_inh)
-        && join(&mine.cap_bnd) == join(&c.cap_bnd)
-        && join(&mine.cap_amb) == join(&c.cap_amb)
-        && mine.no_new_privs.unwrap_or(0) == c.no_new_privs.unwrap_or(0))
+/// What every thread of a restored process holds before
+/// [`Restorer::apply`] changes anything: its main thread's credentials,
+/// timer slack, CPU affinity and I/O priority. The other threads were
+/// cloned from the main thread since it was forked (they share its
+/// credentials and copied the rest), so one read serves them all.
+struct Inherited {
+    creds: pb::CredsEntry,
+    timer_slack: u64,
+    cpus: Vec<u64>,
+    ioprio: u32,
+}
+
+impl Inherited {
+    /// Read them from the main thread `pid`.
+    fn of(pid: i32) -> Result<Inherited> {
+        let st = procfs::read_task_status(pid, pid)?;
+        // The process inherited crust's own securebits.
+        Ok(Inherited {
+            creds: creds_entry(&st, sc::own_securebits()),
+            timer_slack: procfs::read_timer_slack(pid)?,
+            cpus: sc::get_affinity(pid).ctx(|| format!("sched_getaffinity of {pid}"))?,
+            ioprio: sc::get_ioprio(pid).ctx(|| format!("ioprio_get of {pid}"))?,
+        })
+    }
+
+    /// Whether credentials `c` are these, so that nothing needs changing.
+    fn has_creds(&self, c: &pb::CredsEntry) -> bool {
+        let mine = &self.creds;
+        mine.secbits == c.secbits
+            && mine.uid == c.uid
+            && mine.euid == c.euid
+            && mine.suid == c.suid
+            && mine.fsuid == c.fsuid
+            && mine.gid == c.gid
+            && mine.egid == c.egid
+            && mine.sgid == c.sgid
+            && mine.fsgid == c.fsgid
+            && mine.groups == c.groups
+            && join(&mine.cap_eff) == join(&c.cap_eff)
+            && join(&mine.cap_prm) == join(&c.cap_prm)
+            && join(&mine.cap_inh) == join(&c.cap_inh)
+            && join(&mine.cap_bnd) == join(&c.cap_bnd)
+            && join(&mine.cap_amb) == join(&c.cap_amb)
+            && mine.no_new_privs.unwrap_or(0) == c.no_new_privs.unwrap_or(0)
+    }
 }
 
 /// Set the credentials of the thread `r` drives, in an order the kernel
@@ -824,10 +857,7 @@ fn already(pid: i32, tid: i32, c: &pb::CredsEntry) -> Result<bool> {
 /// (SECBIT_NO_SETUID_FIXUP); gids and uids; the capability sets with
 /// CAP_SETPCAP kept; the bounding set dropped; ambient caps raised; the
 /// final securebits; the final capability sets; no_new_privs.
-fn restore_creds(r: &Remote, pid: i32, tid: i32, c: &pb::CredsEntry, last_cap: u32) -> Result<()> {
-    if already(pid, tid, c)? {
-        return Ok(());
-    }
+fn restore_creds(r: &Remote, c: &pb::CredsEntry, last_cap: u32) -> Result<()> {
     let prctl = |what: &str, args: [u64; 6]| r.call(what, libc::SYS_prctl, args);
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let a = if groups.is_empty() {
