@@ -151,17 +151,17 @@ impl Caller {
     }
 }
 
-/// What only the thread itself tells, asked with remote prctl calls.
+/// What only the process itself tells, asked in its main thread with
+/// remote prctl calls.
 pub struct Facts {
-    /// The timer slack, from /proc/TID/timerslack_ns.
-    pub timer_slack: u64,
     /// PR_GET_CHILD_SUBREAPER (process-wide).
     pub child_subreaper: bool,
     /// PR_GET_THP_DISABLE (per address space).
     pub thp_disabled: bool,
 }
 
-/// Ask a frozen thread (the scratch area mapped) for its prctl state.
+/// Ask a frozen process's main thread (the scratch area mapped) for its
+/// prctl state.
 pub fn ask(r: &Remote) -> Result<Facts> {
     let s = r.scratch();
     r.call(
@@ -177,18 +177,28 @@ pub fn ask(r: &Remote) -> Result<Facts> {
         [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0],
     )?;
     Ok(Facts {
-        timer_slack: procfs::read_timer_slack(r.pid())?,
         child_subreaper: u32::from_ne_bytes(v) != 0,
         thp_disabled: thp != 0,
     })
 }
 
-/// [`ask`] for another thread `tid` of the process whose main thread told
-/// `main`: only the timer slack is the thread's own, read from /proc.
-pub fn ask_thread(tid: i32, main: &Facts) -> Result<Facts> {
-    Ok(Facts {
+/// A thread's own scheduling state, which any thread of crust can read
+/// (from /proc and syscalls naming the thread) without driving it.
+pub struct ThreadFacts {
+    /// The timer slack, from /proc/TID/timerslack_ns.
+    pub timer_slack: u64,
+    /// sched_getaffinity.
+    pub cpu_affinity: Vec<u64>,
+    /// ioprio_get.
+    pub ioprio: u32,
+}
+
+/// Read the [`ThreadFacts`] of thread `tid`.
+pub fn read_thread_facts(tid: i32) -> Result<ThreadFacts> {
+    Ok(ThreadFacts {
         timer_slack: procfs::read_timer_slack(tid)?,
-        ..*main
+        cpu_affinity: sc::get_affinity(tid).ctx(|| format!("sched_getaffinity of thread {tid}"))?,
+        ioprio: sc::get_ioprio(tid).ctx(|| format!("ioprio_get of thread {tid}"))?,
     })
 }
 
@@ -330,17 +340,19 @@ impl SeccompDumper {
 }
 
 /// Complete the core entry of stopped thread `tid` with its credentials
-/// (from `status`, its own), seccomp state, timer slack, CPU affinity and
-/// I/O priority, and (main thread) the child subreaper flag.
+/// (from `status`, its own), seccomp state, its timer slack, CPU affinity
+/// and I/O priority (`own`), and (main thread) the child subreaper flag of
+/// the `process`.
 pub fn fill(
     core: &mut pb::CoreEntry,
     tid: i32,
     status: &Status,
-    facts: &Facts,
+    process: &Facts,
+    own: ThreadFacts,
     seccomp: &mut SeccompDumper,
 ) -> Result<()> {
     if let Some(tc) = core.tc.as_mut() {
-        tc.child_subreaper = Some(facts.child_subreaper);
+        tc.child_subreaper = Some(process.child_subreaper);
     }
     let th = core
         .thread_core
@@ -351,10 +363,9 @@ pub fn fill(
     if mode == SECCOMP_MODE_FILTER {
         th.seccomp_filter = Some(seccomp.add_thread(tid, status.seccomp_filters)?);
     }
-    th.crust_cpu_affinity =
-        sc::get_affinity(tid).ctx(|| format!("sched_getaffinity of thread {tid}"))?;
-    th.crust_ioprio = Some(sc::get_ioprio(tid).ctx(|| format!("ioprio_get of thread {tid}"))?);
-    th.crust_timer_slack = Some(facts.timer_slack);
+    th.crust_cpu_affinity = own.cpu_affinity;
+    th.crust_ioprio = Some(own.ioprio);
+    th.crust_timer_slack = Some(own.timer_slack);
     Ok(())
 }
 

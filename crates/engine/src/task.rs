@@ -7,7 +7,7 @@
 use crust_image::pb;
 use crust_sys::procfs::{self, Rlimit, Stat, Status};
 use crust_sys::ptrace::{self, Regs, UserDesc};
-use crust_sys::task::{get_sched, robust_list, set_nice, set_sched, xsave_component};
+use crust_sys::task::{get_nice, get_sched, robust_list, set_nice, set_sched, xsave_component};
 
 use crate::error::{Context, Error, Result};
 use crate::remote::{Call, Remote};
@@ -447,20 +447,21 @@ fn facts_from(buf: &[u8], brk: u64, dumpable: i32, secbits: u64) -> RemoteFacts 
 }
 
 /// What only a process's main thread carries into its core image.
-pub struct LeaderParts {
+pub struct LeaderParts<'a> {
     /// Every sigaction.
     pub sigactions: Vec<pb::SaEntry>,
     /// The process's object ids.
     pub ids: pb::TaskKobjIdsEntry,
+    /// The process's /proc/PID/stat.
+    pub stat: &'a Stat,
 }
 
-/// Build the core image entry of thread `tid` of process `pid`; `stat` and
-/// `status` are the thread's own (/proc/PID/task/TID/...). The main thread
-/// also carries the process-wide part (`leader`).
+/// Build the core image entry of thread `tid` of process `pid`; `status`
+/// is the thread's own (/proc/PID/task/TID/status). The main thread also
+/// carries the process-wide part (`leader`).
 pub fn core_entry(
     pid: i32,
     tid: i32,
-    stat: &Stat,
     status: &Status,
     thread: &ThreadState,
     facts: &RemoteFacts,
@@ -468,13 +469,14 @@ pub fn core_entry(
 ) -> Result<pb::CoreEntry> {
     let (rla, rla_len) = robust_list(tid).ctx(|| format!("get_robust_list of {tid}"))?;
     let (policy, prio) = get_sched(tid).ctx(|| format!("scheduling policy of {tid}"))?;
+    let nice = get_nice(tid).ctx(|| format!("nice value of {tid}"))?;
     let (tc, ids) = match leader {
         Some(l) => {
             let limits = procfs::read_limits(pid)?;
             let personality = procfs::read_personality(pid)?;
             let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
                 .ctx(|| format!("reading /proc/{pid}/oom_score_adj"))?;
-            let task_state = if stat.state == 'T' {
+            let task_state = if l.stat.state == 'T' {
                 TASK_STOPPED
             } else {
                 TASK_ALIVE
@@ -483,7 +485,7 @@ pub fn core_entry(
                 task_state,
                 exit_code: 0,
                 personality,
-                flags: stat.flags,
+                flags: l.stat.flags,
                 blk_sigset: thread.sigmask,
                 comm: status.name.clone(),
                 rlimits: Some(rlimits_to_pb(&limits)),
@@ -508,7 +510,7 @@ pub fn core_entry(
         thread_core: Some(pb::ThreadCoreEntry {
             futex_rla: rla,
             futex_rla_len: rla_len as u32,
-            sched_nice: Some(stat.nice as i32),
+            sched_nice: Some(nice),
             sched_policy: Some(policy as u32),
             sched_prio: Some(prio as u32),
             blk_sigset: Some(thread.sigmask),

@@ -62,6 +62,17 @@ pub fn set_sched(tid: pid_t, policy: i32, prio: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// The nice value of thread `tid` (getpriority).
+pub fn get_nice(tid: pid_t) -> io::Result<i32> {
+    // SAFETY: plain syscall with integer arguments. The raw syscall
+    // answers 20 - nice (1 to 40), so that no value looks like an error.
+    let r = unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, tid) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(20 - r as i32)
+}
+
 /// Set the nice value of thread `tid` (0: the caller).
 pub fn set_nice(tid: pid_t, nice: i32) -> io::Result<()> {
     // SAFETY: plain syscall.

@@ -43,7 +43,7 @@ pub use stat::{parse_stat, Stat};
 pub use status::{parse_status, Status};
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// The kind of /proc file a [`ProcError`] is about.
@@ -255,8 +255,19 @@ fn read_text(path: &Path) -> Result<String, ReadError> {
     })
 }
 
+/// What a /proc file is read into at first: most (status, stat, limits)
+/// fit, so that reading one takes one read and the read that sees its end.
+const FIRST_READ: usize = 4096;
+
 fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
-    std::fs::read(path).map_err(|source| ReadError::Io {
+    // Not std::fs::read: /proc files report a size of 0, so it would
+    // stat the file and then read it 32, 32, 64, ... bytes at a time.
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(FIRST_READ);
+        std::fs::File::open(path)?.read_to_end(&mut buf)?;
+        Ok(buf)
+    };
+    read().map_err(|source| ReadError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -310,11 +321,6 @@ pub fn read_maps(pid: i32) -> Result<Vec<Vma>, ReadError> {
 /// Reads and parses `/proc/PID/stat`.
 pub fn read_stat(pid: i32) -> Result<Stat, ReadError> {
     read_parse(proc_path(pid, "stat"), parse_stat)
-}
-
-/// Reads and parses `/proc/PID/task/TID/stat` (one thread's view).
-pub fn read_task_stat(pid: i32, tid: i32) -> Result<Stat, ReadError> {
-    read_parse(proc_path(pid, &format!("task/{tid}/stat")), parse_stat)
 }
 
 /// Reads and parses `/proc/PID/status`.
