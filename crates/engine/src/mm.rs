@@ -11,7 +11,7 @@ use std::path::Path;
 use crust_image::manifest::{FileSum, PIECE};
 use crust_image::pb;
 use crust_sys::mmap::{PageBuf, PageFile};
-use crust_sys::procfs::{self, PagemapEntry, Stat, Vma, VmaPath};
+use crust_sys::procfs::{self, Stat, Vma, VmaPath};
 use crust_sys::uffd::Uffd;
 use crust_sys::vm::{self, RemoteRange};
 
@@ -57,9 +57,6 @@ const _: () = assert!(WINDOW.is_multiple_of(PIECE));
 /// --runs 3, runs interleaved): dump 0.60-0.67 s best with 8 MiB windows,
 /// 0.49-0.52 s with 2 MiB; crust's peak RSS 40 -> 16 MiB.
 const DUMP_WINDOW: u64 = 2 << 20;
-
-/// Pagemap entries read at once.
-const PAGEMAP_CHUNK: u64 = 64 * 1024;
 
 /// madvise advice numbers crust records in `vma_entry.madv`, with the smaps
 /// VmFlags code that shows each.
@@ -299,11 +296,16 @@ fn classify(
     Ok((e, rule))
 }
 
-fn keep(rule: PageRule, e: &PagemapEntry, zero_pfn: Option<u64>) -> bool {
-    match rule {
-        PageRule::None => false,
-        PageRule::Anon => e.swapped || (e.present && (zero_pfn.is_none() || e.pfn != zero_pfn)),
-        PageRule::Cow => e.swapped || (e.present && !e.file_or_shared_anon),
+impl PageRule {
+    /// The PAGEMAP_SCAN categories of the pages this rule keeps: at least
+    /// one of the first, none of the second.
+    fn scan_categories(self) -> Option<(u64, u64)> {
+        let there = procfs::PAGE_IS_PRESENT | procfs::PAGE_IS_SWAPPED;
+        match self {
+            PageRule::None => None,
+            PageRule::Anon => Some((there, procfs::PAGE_IS_PFNZERO)),
+            PageRule::Cow => Some((there, procfs::PAGE_IS_FILE)),
+        }
     }
 }
 
@@ -317,7 +319,6 @@ pub fn collect(
     files: &mut FileTable,
     ctx: &mut DumpCtx,
 ) -> Result<MmDump> {
-    let zero_pfn = crust_sys::mmap::zero_page_pfn();
     let pagemap = procfs::Pagemap::open(pid)?;
     let mut entries = Vec::with_capacity(vmas.len());
     let mut runs: Vec<PageRun> = Vec::new();
@@ -329,33 +330,22 @@ pub fn collect(
             aios.push(crate::aio::dump(pid, v.start, v.end)?);
         }
         entries.push(e);
-        if rule == PageRule::None {
+        let Some((any_of, none_of)) = rule.scan_categories() else {
             continue;
-        }
+        };
         if !v.read {
             unreadable.push((v.start, v.end));
         }
-        let mut addr = v.start;
-        while addr < v.end {
-            let n = ((v.end - addr) / PAGE).min(PAGEMAP_CHUNK);
-            let pm = pagemap.read(addr, n as usize)?;
-            for (i, pe) in pm.iter().enumerate() {
-                if !keep(rule, pe, zero_pfn) {
-                    continue;
-                }
-                let page = addr + i as u64 * PAGE;
-                match runs.last_mut() {
-                    Some(r) if r.vaddr >= v.start && r.vaddr + r.nr_pages * PAGE == page => {
-                        r.nr_pages += 1
-                    }
-                    _ => runs.push(PageRun {
-                        vaddr: page,
-                        nr_pages: 1,
-                    }),
-                }
-            }
-            addr += n * PAGE;
-        }
+        // Ranges within one VMA: runs never cross a VMA's start.
+        runs.extend(
+            pagemap
+                .scan(v.start, v.end, any_of, none_of)?
+                .into_iter()
+                .map(|(s, e)| PageRun {
+                    vaddr: s,
+                    nr_pages: (e - s) / PAGE,
+                }),
+        );
     }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ctx(|| format!("reading /proc/{pid}/exe"))?;

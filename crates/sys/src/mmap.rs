@@ -136,34 +136,6 @@ impl PageFile {
     }
 }
 
-/// The pfn of the shared zero page, found by reading a fresh anonymous page
-/// of crust's own and looking it up in /proc/self/pagemap; `None` when the
-/// kernel hides pfns.
-pub fn zero_page_pfn() -> Option<u64> {
-    // SAFETY: a fresh private anonymous page, read once, unmapped below.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return None;
-    }
-    // SAFETY: ptr is a readable page; the read faults in the zero page.
-    unsafe { std::ptr::read_volatile(ptr.cast::<u8>()) };
-    let pfn = crate::procfs::read_pagemap(std::process::id() as i32, ptr as u64, 1)
-        .ok()
-        .and_then(|e| e.first().and_then(|e| e.pfn));
-    // SAFETY: unmapping the page mapped above.
-    unsafe { libc::munmap(ptr, 4096) };
-    pfn.filter(|&p| p != 0)
-}
-
 /// A page-aligned buffer of crust's own memory, in a private anonymous
 /// mapping populated when made (no page faults on first use).
 ///

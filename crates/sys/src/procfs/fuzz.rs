@@ -181,13 +181,10 @@ proptest! {
         (all[which % all.len()].2)(&t);
     }
 
-    /// The binary parsers (auxv, pagemap) on arbitrary bytes: lengths that
-    /// are not whole records give errors, not panics.
+    /// The binary parser (auxv) on arbitrary bytes: lengths that are not
+    /// whole records give errors, not panics.
     #[test]
     fn binary_parsers_survive_arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..600)) {
         let _ = parse_auxv(&b);
-        if let Ok(v) = parse_pagemap(&b) {
-            prop_assert_eq!(v.len(), b.len() / 8);
-        }
     }
 }

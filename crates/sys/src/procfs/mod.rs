@@ -38,7 +38,7 @@ pub use locks::{parse_lock_line, LockKind, LockLine};
 pub use maps::{parse_maps, parse_smaps, VmFlags, Vma, VmaPath};
 pub use misc::{parse_personality, parse_timer_slack, parse_timers, PosixTimer, TimerNotify};
 pub use mountinfo::{parse_mountinfo, unescape_octal, MountInfo, OptionalField};
-pub use pagemap::{parse_pagemap, PagemapEntry, PAGEMAP_ENTRY_SIZE};
+pub use pagemap::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
 pub use stat::{parse_stat, Stat};
 pub use status::{parse_status, Status};
 
@@ -372,18 +372,7 @@ pub fn read_timers(pid: i32) -> Result<Vec<PosixTimer>, ReadError> {
     read_parse(proc_path(pid, "timers"), parse_timers)
 }
 
-/// Reads `count` pagemap entries of task `pid`, starting at the page that
-/// holds virtual address `start_addr`, with one positioned read (see
-/// [`Pagemap::read`]; [`Pagemap`] keeps the file open for many reads).
-pub fn read_pagemap(
-    pid: i32,
-    start_addr: u64,
-    count: usize,
-) -> Result<Vec<PagemapEntry>, ReadError> {
-    Pagemap::open(pid)?.read(start_addr, count)
-}
-
-/// `/proc/PID/pagemap` of one task, open for any number of reads.
+/// `/proc/PID/pagemap` of one task, open for any number of scans.
 pub struct Pagemap {
     file: std::fs::File,
     path: PathBuf,
@@ -399,44 +388,21 @@ impl Pagemap {
         }
     }
 
-    /// Reads `count` entries, starting at the page that holds virtual
-    /// address `start_addr`, with one positioned read.
-    ///
-    /// Entries past the end of the address space are simply not returned,
-    /// so the result may be shorter than `count`. PFNs read as 0 without
-    /// CAP_SYS_ADMIN.
-    pub fn read(&self, start_addr: u64, count: usize) -> Result<Vec<PagemapEntry>, ReadError> {
-        use std::os::unix::fs::FileExt;
-        let io_err = |source| ReadError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let offset = (start_addr / page_size()).saturating_mul(PAGEMAP_ENTRY_SIZE as u64);
-        let mut buf = vec![0u8; count.saturating_mul(PAGEMAP_ENTRY_SIZE)];
-        let mut done = 0usize;
-        while done < buf.len() {
-            match self
-                .file
-                .read_at(&mut buf[done..], offset.saturating_add(done as u64))
-            {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(e)),
-            }
-        }
-        buf.truncate(done - done % PAGEMAP_ENTRY_SIZE);
-        parse_pagemap(&buf).map_err(|source| ReadError::Parse {
+    /// The pages of `[start, end)` with at least one of the `PAGE_IS_*`
+    /// categories `any_of` and none of `none_of`, as address ranges in
+    /// order, adjacent ones merged (the PAGEMAP_SCAN ioctl: no entry per
+    /// page is read).
+    pub fn scan(
+        &self,
+        start: u64,
+        end: u64,
+        any_of: u64,
+        none_of: u64,
+    ) -> Result<Vec<(u64, u64)>, ReadError> {
+        pagemap::scan(&self.file, start, end, any_of, none_of).map_err(|source| ReadError::Io {
             path: self.path.clone(),
             source,
         })
-    }
-}
-
-fn page_size() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
-        Ok(Some(n)) if n > 0 => n as u64,
-        _ => 4096,
     }
 }
 

@@ -1,123 +1,152 @@
-//! `/proc/PID/pagemap` entries.
+//! `/proc/PID/pagemap` asked with the PAGEMAP_SCAN ioctl: which pages of a
+//! range of a task's memory are there, as ranges, without reading one entry
+//! per page.
 
-use super::{ProcError, ProcFile};
+use std::io;
+use std::os::fd::AsRawFd;
 
-/// Bytes per pagemap entry.
-pub const PAGEMAP_ENTRY_SIZE: usize = 8;
+/// `PAGE_IS_FILE`: a file page (or shared anonymous memory).
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+/// `PAGE_IS_PRESENT`: in memory.
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+/// `PAGE_IS_SWAPPED`: in swap.
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+/// `PAGE_IS_PFNZERO`: the shared zero page (4 KiB or huge).
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
-/// One decoded `/proc/PID/pagemap` entry (one virtual page).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PagemapEntry {
-    /// The raw 64-bit entry.
-    pub raw: u64,
-    /// Bit 63: the page is present in RAM.
-    pub present: bool,
-    /// Bit 62: the page is in swap.
-    pub swapped: bool,
-    /// Bit 61: the page is a file page or shared anonymous memory.
-    pub file_or_shared_anon: bool,
-    /// Bit 58: the page is in a guard region (MADV_GUARD_INSTALL; newer kernels).
-    pub guard_region: bool,
-    /// Bit 57: the page is userfaultfd write-protected.
-    pub uffd_wp: bool,
-    /// Bit 56: the page is mapped exclusively (by this process only).
-    pub exclusive: bool,
-    /// Bit 55: the page is soft-dirty.
-    pub soft_dirty: bool,
-    /// Bits 0-54 when present: the page frame number (0 without
-    /// CAP_SYS_ADMIN).
-    pub pfn: Option<u64>,
-    /// Bits 0-4 when swapped: the swap type (swap device).
-    pub swap_type: Option<u8>,
-    /// Bits 5-54 when swapped: the offset in the swap device.
-    pub swap_offset: Option<u64>,
+/// `struct pm_scan_arg` (newer than Debian 12's headers).
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
 }
 
-const PFN_MASK: u64 = (1 << 55) - 1;
+/// `struct page_region`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
 
-impl PagemapEntry {
-    /// Decodes one raw entry.
-    pub fn from_u64(raw: u64) -> Self {
-        let bit = |n: u32| raw & (1u64 << n) != 0;
-        let present = bit(63);
-        let swapped = bit(62);
-        PagemapEntry {
-            raw,
-            present,
-            swapped,
-            file_or_shared_anon: bit(61),
-            guard_region: bit(58),
-            uffd_wp: bit(57),
-            exclusive: bit(56),
-            soft_dirty: bit(55),
-            pfn: present.then_some(raw & PFN_MASK),
-            swap_type: (swapped && !present).then_some((raw & 0x1f) as u8),
-            swap_offset: (swapped && !present).then_some((raw & PFN_MASK) >> 5),
+/// `PAGEMAP_SCAN` = _IOWR('f', 16, struct pm_scan_arg).
+const PAGEMAP_SCAN: u64 =
+    (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+
+/// Regions one ioctl fills at most.
+const REGIONS: usize = 256;
+
+/// The pages of `[start, end)` in the task whose pagemap `file` is that
+/// have at least one of the categories `any_of` and none of `none_of`:
+/// ranges `[start, end)` in address order, adjacent ones merged.
+pub fn scan(
+    file: &std::fs::File,
+    start: u64,
+    end: u64,
+    any_of: u64,
+    none_of: u64,
+) -> io::Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut regions = [PageRegion::default(); REGIONS];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: REGIONS as u64,
+            // A category in none_of must read as 1 once inverted.
+            category_inverted: none_of,
+            category_mask: none_of,
+            category_anyof_mask: any_of,
+            return_mask: any_of,
+            ..Default::default()
+        };
+        // SAFETY: arg is a valid pm_scan_arg whose vec points at REGIONS
+        // writable page_region entries that outlive the call.
+        let n = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                format!("the PAGEMAP_SCAN ioctl (Linux 6.7 or newer): {e}"),
+            ));
         }
+        for r in &regions[..n as usize] {
+            match out.last_mut() {
+                Some(last) if last.1 == r.start => last.1 = r.end,
+                _ => out.push((r.start, r.end)),
+            }
+        }
+        if arg.walk_end <= at {
+            return Err(io::Error::other(format!(
+                "PAGEMAP_SCAN did not move past {at:#x}"
+            )));
+        }
+        at = arg.walk_end;
     }
-
-    /// True if the page has contents to dump: present or swapped.
-    pub fn has_contents(&self) -> bool {
-        self.present || self.swapped
-    }
-}
-
-/// Parses a buffer of native-endian pagemap entries (as read from
-/// `/proc/PID/pagemap`); its length must be a multiple of 8.
-pub fn parse_pagemap(bytes: &[u8]) -> Result<Vec<PagemapEntry>, ProcError> {
-    if !bytes.len().is_multiple_of(PAGEMAP_ENTRY_SIZE) {
-        return Err(ProcError::whole(
-            ProcFile::Pagemap,
-            format!(
-                "length {} is not a multiple of {PAGEMAP_ENTRY_SIZE}",
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(PAGEMAP_ENTRY_SIZE)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            PagemapEntry::from_u64(u64::from_ne_bytes(w))
-        })
-        .collect())
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Touched pages of a fresh mapping are found as ranges, untouched and
+    /// zero-page ones are not; the file pages of a file mapping only with
+    /// PAGE_IS_FILE allowed.
     #[test]
-    fn procfs_pagemap_bits() {
-        let e = PagemapEntry::from_u64(0);
-        assert!(!e.present && !e.swapped && e.pfn.is_none() && !e.has_contents());
-        let e = PagemapEntry::from_u64((1 << 63) | (1 << 61) | (1 << 56) | 0x1234);
-        assert!(e.present && e.file_or_shared_anon && e.exclusive && !e.soft_dirty);
-        assert_eq!(e.pfn, Some(0x1234));
-        assert_eq!(e.swap_type, None);
-        let e = PagemapEntry::from_u64((1 << 62) | (1 << 55) | (1 << 57) | (0xabc << 5) | 3);
-        assert!(e.swapped && e.soft_dirty && e.uffd_wp && !e.present && e.has_contents());
+    fn scan_finds_touched_pages_as_ranges() {
+        let page = 4096usize;
+        // SAFETY: a fresh private anonymous mapping of 16 pages, unmapped
+        // at the end; only its own pages are touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                16 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let p = base.cast::<u8>();
+        // SAFETY: offsets within the mapping.
+        unsafe {
+            for i in [1usize, 2, 3, 7] {
+                p.add(i * page).write_volatile(1);
+            }
+            // A read maps the shared zero page.
+            std::ptr::read_volatile(p.add(10 * page));
+        }
+        let f = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let (s, e) = (base as u64, base as u64 + 16 * page as u64);
+        let got = scan(&f, s, e, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PFNZERO).unwrap();
+        let at = |i: u64| s + i * page as u64;
+        assert_eq!(got, vec![(at(1), at(4)), (at(7), at(8))]);
+        let with_zero = scan(&f, s, e, PAGE_IS_PRESENT, 0).unwrap();
         assert_eq!(
-            (e.swap_type, e.swap_offset, e.pfn),
-            (Some(3), Some(0xabc), None)
+            with_zero,
+            vec![(at(1), at(4)), (at(7), at(8)), (at(10), at(11))]
         );
-        let e = PagemapEntry::from_u64(1 << 58);
-        assert!(e.guard_region);
-        let e = PagemapEntry::from_u64(u64::MAX);
-        assert_eq!(e.pfn, Some((1 << 55) - 1));
-    }
-
-    #[test]
-    fn procfs_pagemap_buffer() {
-        let mut b = Vec::new();
-        b.extend_from_slice(&(1u64 << 63 | 7).to_ne_bytes());
-        b.extend_from_slice(&0u64.to_ne_bytes());
-        let v = parse_pagemap(&b).unwrap();
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0].pfn, Some(7));
-        assert!(!v[1].present);
-        assert!(parse_pagemap(&b[..9]).is_err());
-        assert_eq!(parse_pagemap(&[]).unwrap(), vec![]);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(base, 16 * page) };
     }
 }
