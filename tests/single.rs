@@ -347,6 +347,60 @@ fn restore_pid_taken() {
     w.terminate_and_check();
 }
 
+/// The dumped pid is still a zombie of the test (its parent) when the
+/// restore starts: the restore waits, and goes on once the test reaps it
+/// half a second later.
+#[test]
+fn restore_waits_for_a_zombie_holding_the_pid() {
+    let mut w = Workload::start("counter", &[]);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &[]).ok();
+    assert_eq!(
+        pid_state(w.pid),
+        Some('Z'),
+        "the killed original is not our zombie"
+    );
+    let log = w.scratch.join("restore.log");
+    let mut r = crust_spawn(&["restore", "-D", dir.to_str().unwrap(), "-d", "-v4"], &log);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        r.try_wait().unwrap().is_none(),
+        "restore did not wait for the zombie"
+    );
+    w.reap_original();
+    let st = wait_child(&mut r, Duration::from_secs(10));
+    assert!(
+        st.success(),
+        "restore failed: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    w.mark_restored();
+    wait_restored(w.pid, Duration::from_secs(10));
+    w.terminate_and_check();
+}
+
+/// A zombie that is not reaped within the grace time: the restore fails,
+/// naming the pid and the zombie's parent, and leaves nothing behind.
+#[test]
+fn restore_refuses_a_pid_held_by_an_unreaped_zombie() {
+    let mut w = Workload::start("counter", &[]);
+    let dir = w.images_dir("img");
+    dump(&w, &dir, &[]).ok();
+    let pid = w.pid.to_string();
+    let me = std::process::id().to_string();
+    let t0 = Instant::now();
+    restore(&w, &dir, &["-d"])
+        .fails()
+        .stderr_names(&[&pid, "zombie", &me, "--new-pid-ns"]);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "gave up before the grace time"
+    );
+    assert_eq!(pid_state(w.pid), Some('Z'));
+    w.reap_original();
+    assert_pid_free(w.pid);
+}
+
 fn restore_with_changed_file(change: impl FnOnce(&Path), name: &str) {
     let (mut w, data) = start_files();
     let dir = w.images_dir("img");

@@ -39,6 +39,16 @@ pub enum Error {
     /// A pid the restore needs is in use.
     #[error("pid {0} is in use, so the tree cannot be restored with its original pids; `crust restore --new-pid-ns` restores it inside a new pid namespace, with the dumped pids there")]
     PidTaken(i32),
+    /// A pid the restore needs is held by a zombie its parent does not reap.
+    #[error("pid {pid} is held by a zombie that its parent {parent} has not reaped in {waited_ms} ms (a tree killed by its dump leaves such zombies to whoever adopts its orphans); restore again once it is reaped, or restore with `crust restore --new-pid-ns`, inside a new pid namespace with the dumped pids there")]
+    PidHeldByZombie {
+        /// The pid.
+        pid: i32,
+        /// The zombie's parent.
+        parent: i32,
+        /// How long crust waited for it to go.
+        waited_ms: u64,
+    },
     /// A file the images refer to is gone or changed since the dump.
     #[error("{path}: {what} since the dump")]
     FileChanged {

@@ -537,6 +537,34 @@ pub struct Setup<'a> {
     pub last: &'a dyn Fn(&pb::PstreeEntry, &mut [&mut OwnedFd]) -> Result<()>,
 }
 
+/// How long a restore waits, in all, for zombies that hold the pids it
+/// needs to be reaped: a tree that its dump killed leaves its orphans'
+/// zombies to whoever adopts them (init here reaps them seconds later).
+const ZOMBIE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Check that pid `p` is free, waiting while a zombie holds it until
+/// [`ZOMBIE_GRACE`] after `since`.
+fn check_pid_free(p: i32, since: std::time::Instant) -> Result<()> {
+    loop {
+        let stat = match procfs::read_stat(p) {
+            Ok(stat) => stat,
+            Err(_) if !std::path::Path::new(&format!("/proc/{p}")).exists() => return Ok(()),
+            Err(_) => return Err(Error::PidTaken(p)),
+        };
+        if stat.state != 'Z' {
+            return Err(Error::PidTaken(p));
+        }
+        if since.elapsed() >= ZOMBIE_GRACE {
+            return Err(Error::PidHeldByZombie {
+                pid: p,
+                parent: stat.ppid,
+                waited_ms: since.elapsed().as_millis() as u64,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Fork the whole tree: crust forks the root with clone3 set_tid, and each
 /// restored process forks its own children the same way, after `setup`
 /// (session, fds, cwd, rlimits ...) in itself. Zombies exit at once with
@@ -549,10 +577,9 @@ pub fn fork_tree(plan: &ForkPlan, setup: &Setup) -> Result<RestoredTree> {
         .iter()
         .flat_map(|e| e.threads.iter().chain(std::iter::once(&e.pid)))
         .chain(plan.lineage.helpers.iter().map(|h| &h.pid));
+    let since = std::time::Instant::now();
     for &p in wanted.filter(|_| !plan.new_pid_ns) {
-        if std::path::Path::new(&format!("/proc/{p}")).exists() {
-            return Err(Error::PidTaken(p as i32));
-        }
+        check_pid_free(p as i32, since)?;
     }
     let (mut report_rd, report_wr) = pipe()?;
     let (hold_rd, hold_wr) =
