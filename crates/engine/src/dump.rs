@@ -121,9 +121,11 @@ pub(crate) fn dump_into(
     }
     // Two movers, each with its buffers: one reads a process while the
     // other writes the one before (within one process of a single window,
-    // reading and writing cannot overlap).
+    // reading and writing cannot overlap). A dump of one process needs one
+    // set (faulting in the other cost 2 ms before the freeze); a process
+    // forked during the freeze gets a set when its pages move.
     let nr_movers = crate::movers::default_count().min(2);
-    let bufs = (0..nr_movers)
+    let bufs = (0..nr_movers.min(todo.len().max(1)))
         .map(|_| mm::PageBuffers::new(largest))
         .collect::<Result<Vec<_>>>()?;
 
@@ -333,11 +335,11 @@ pub(crate) fn dump_into(
             let (bufs, memdump_us) = (&bufs, &memdump_us);
             pending.push(movers.submit(move || {
                 let t_mem = Instant::now();
-                let mut mine = bufs
-                    .lock()
-                    .expect("page buffers")
-                    .pop()
-                    .expect("a set of buffers per mover");
+                let spare = bufs.lock().expect("page buffers").pop();
+                let mut mine = match spare {
+                    Some(b) => b,
+                    None => mm::PageBuffers::new(largest)?,
+                };
                 let read = mm_dump.read_pages(pid, &file, &out.path, &mut mine);
                 bufs.lock().expect("page buffers").push(mine);
                 let sum = read?;
