@@ -186,15 +186,11 @@ pub(crate) fn dump_into(
                     .iter()
                     .map(|&t| task::read_thread(t))
                     .collect::<Result<Vec<_>>>();
-                let mut files = others();
-                if let Some(h) = beside {
-                    let theirs = h.join().expect("reading /proc of the threads panicked");
-                    files = files.and_then(|mut f| {
-                        f.extend(theirs?);
-                        Ok(f)
-                    });
-                }
-                let mut files = files?;
+                let mine = others();
+                let theirs =
+                    beside.map(|h| h.join().expect("reading /proc of the threads panicked"));
+                let mut files = mine?;
+                files.extend(theirs.transpose()?.into_iter().flatten());
                 files.sort_unstable_by_key(|(i, _)| *i);
                 Ok::<_, crate::Error>((threads?, files))
             })?;

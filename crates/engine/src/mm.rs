@@ -55,7 +55,8 @@ const _: () = assert!(WINDOW.is_multiple_of(PIECE));
 /// mover) stays in the CPU's caches while the writer copies it into the
 /// page image and sums it. 100 x 8 MiB tree (crust-bench --scenario tree
 /// --runs 3, runs interleaved): dump 0.60-0.67 s best with 8 MiB windows,
-/// 0.49-0.52 s with 2 MiB; crust's peak RSS 40 -> 16 MiB.
+/// 0.49-0.52 s with 2 MiB in two rounds, 0.70 against 0.63-0.71 s in a
+/// later, slower one; crust's peak RSS 40 -> 16 MiB.
 const DUMP_WINDOW: u64 = 2 << 20;
 
 /// madvise advice numbers crust records in `vma_entry.madv`, with the smaps
