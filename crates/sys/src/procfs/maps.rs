@@ -142,9 +142,14 @@ impl VmFlags {
 
     /// The bit (one of the associated consts) of a known code.
     pub fn bit_of(code: &str) -> Option<u64> {
+        // Every code is two letters: compared as two bytes, not as strings
+        // (smaps of a process of 200 threads has some 17 000 codes).
+        let &[a, b] = code.as_bytes() else {
+            return None;
+        };
         Self::CODES
             .iter()
-            .find(|(c, _)| *c == code)
+            .find(|(c, _)| c.as_bytes() == [a, b])
             .map(|&(_, bit)| bit)
     }
 
@@ -408,19 +413,42 @@ impl Vma {
 const NAME_COLUMN_PAD: usize = 72;
 
 /// Splits the next space-separated token off `s` (exactly one separator).
+/// Tokens are short: a byte loop, not a searcher.
 fn next_token(s: &str) -> (&str, &str) {
-    match s.find(' ') {
+    match s.bytes().position(|b| b == b' ') {
         Some(i) => (&s[..i], &s[i + 1..]),
         None => (s, ""),
     }
+}
+
+/// `s` split around its first `sep`: like `str::split_once`, for the short
+/// fields of a header line.
+fn split_at_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == sep)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// The lines of `text` as `str::lines` gives them, found with one SIMD
+/// scan of the whole text rather than a search per line.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut from = 0;
+    memchr::memchr_iter(b'\n', text.as_bytes())
+        .map(Some)
+        .chain(std::iter::once(None))
+        .filter_map(move |nl| {
+            let end = nl.unwrap_or(text.len());
+            let line = text.get(from..end)?;
+            from = end + 1;
+            // A last line without a newline, not the empty rest after one.
+            (nl.is_some() || !line.is_empty()).then(|| line.strip_suffix('\r').unwrap_or(line))
+        })
 }
 
 /// Parses one maps header line: `start-end perms offset maj:min inode   name`.
 fn parse_header(file: ProcFile, lineno: usize, line: &str) -> Result<Vma, ProcError> {
     let err = |what: String| ProcError::at(file, lineno, what);
     let (range, rest) = next_token(line);
-    let (start, end) = range
-        .split_once('-')
+    let (start, end) = split_at_byte(range, b'-')
         .and_then(|(a, b)| Some((hex_u64(a)?, hex_u64(b)?)))
         .ok_or_else(|| err(format!("bad address range {range:?}")))?;
     if end < start {
@@ -433,8 +461,7 @@ fn parse_header(file: ProcFile, lineno: usize, line: &str) -> Result<Vma, ProcEr
     let (off_s, rest) = next_token(rest);
     let offset = hex_u64(off_s).ok_or_else(|| err(format!("bad offset {off_s:?}")))?;
     let (dev_s, rest) = next_token(rest);
-    let dev = dev_s
-        .split_once(':')
+    let dev = split_at_byte(dev_s, b':')
         .and_then(|(a, b)| Some((hex_u32(a)?, hex_u32(b)?)))
         .ok_or_else(|| err(format!("bad device {dev_s:?}")))?;
     let (ino_s, rest) = next_token(rest);
@@ -486,7 +513,7 @@ fn parse_perms(s: &str) -> Option<[bool; 4]> {
 /// Parses `/proc/PID/maps`: one [`Vma`] per line, smaps fields left empty.
 pub fn parse_maps(text: &str) -> Result<Vec<Vma>, ProcError> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in lines(text).enumerate() {
         if line.is_empty() {
             continue;
         }
@@ -500,17 +527,17 @@ pub fn parse_maps(text: &str) -> Result<Vec<Vma>, ProcError> {
 pub fn parse_smaps(text: &str) -> Result<Vec<Vma>, ProcError> {
     let file = ProcFile::Smaps;
     let mut out: Vec<Vma> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in lines(text).enumerate() {
         let lineno = i + 1;
         if line.is_empty() {
             continue;
         }
-        let first = line.split(' ').next().unwrap_or("");
+        let (first, rest) = next_token(line);
         let Some(key) = first.strip_suffix(':') else {
             out.push(parse_header(file, lineno, line)?);
             continue;
         };
-        let value = line[first.len()..].trim();
+        let value = rest.trim_ascii();
         let Some(vma) = out.last_mut() else {
             return Err(ProcError::at(
                 file,
@@ -525,12 +552,16 @@ pub fn parse_smaps(text: &str) -> Result<Vec<Vma>, ProcError> {
 }
 
 fn kib(value: &str) -> Result<u64, String> {
-    let mut it = value.split_ascii_whitespace();
-    let n = it.next().and_then(dec_u64);
-    match (n, it.next(), it.next()) {
-        (Some(n), Some("kB"), None) => Ok(n),
-        _ => Err(format!("expected \"N kB\", got {value:?}")),
-    }
+    // The kernel prints "%8lu kB": after the trim, "N kB".
+    let quick = value.strip_suffix(" kB").and_then(dec_u64);
+    quick.map(Ok).unwrap_or_else(|| {
+        let mut it = value.split_ascii_whitespace();
+        let n = it.next().and_then(dec_u64);
+        match (n, it.next(), it.next()) {
+            (Some(n), Some("kB"), None) => Ok(n),
+            _ => Err(format!("expected \"N kB\", got {value:?}")),
+        }
+    })
 }
 
 fn apply_smaps_field(vma: &mut Vma, key: &str, value: &str) -> Result<(), String> {
@@ -586,6 +617,42 @@ mod tests {
 
     const SMAPS: &str = include_str!("testdata/smaps.txt");
     const MAPS: &str = include_str!("testdata/maps.txt");
+
+    #[test]
+    fn lines_split_as_str_lines_does() {
+        for text in [
+            "",
+            "\n",
+            "\n\n",
+            "a",
+            "a\n",
+            "a\nb",
+            "a\r\nb\r\n",
+            "\r\n",
+            "a\n\nb\n",
+            "é\nü",
+        ] {
+            assert_eq!(
+                lines(text).collect::<Vec<_>>(),
+                text.lines().collect::<Vec<_>>(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_parse_in_one_pass_and_refuse_overflow() {
+        use crate::procfs::{dec_u64, hex_u64};
+        assert_eq!(hex_u64("ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(hex_u64("7fFf0a"), Some(0x7fff0a));
+        assert_eq!(hex_u64("10000000000000000"), None);
+        assert_eq!(dec_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(dec_u64("18446744073709551616"), None);
+        for bad in ["", "+1", "-1", "1 ", "0x1", "١"] {
+            assert_eq!(dec_u64(bad), None, "{bad:?}");
+            assert_eq!(hex_u64(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn procfs_smaps_sample() {
