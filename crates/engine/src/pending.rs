@@ -10,6 +10,7 @@
 //! are set, so each is delivered exactly once after the tree resumes.
 
 use crust_image::pb;
+use crust_sys::procfs::Status;
 use crust_sys::ptrace::{self, SIGINFO_SIZE};
 
 use crate::error::{Context, Error, Result};
@@ -39,17 +40,22 @@ fn queue_of(raw: Vec<ptrace::RawSiginfo>) -> Option<pb::SignalQueueEntry> {
 
 /// Record the pending signals of frozen thread `tid` of process `pid` in
 /// its core entry: its own queue, and the process-wide queue when the core
-/// is the main thread's (it has a `tc`).
-pub fn dump(core: &mut pb::CoreEntry, pid: i32, tid: i32) -> Result<()> {
+/// is the main thread's (it has a `tc`). `status` is the thread's, read
+/// frozen: a thread's own queue that its pending set shows empty is not
+/// peeked (a signal is in the set while any of it is queued), which spares
+/// a ptrace call per thread.
+pub fn dump(core: &mut pb::CoreEntry, pid: i32, tid: i32, status: &Status) -> Result<()> {
     if let Some(tc) = core.tc.as_mut() {
         let shared = ptrace::peek_siginfo(pid, true)
             .ctx(|| format!("PTRACE_PEEKSIGINFO of the shared queue of {pid}"))?;
         tc.signals_s = queue_of(shared);
     }
     if let Some(th) = core.thread_core.as_mut() {
-        let own = ptrace::peek_siginfo(tid, false)
-            .ctx(|| format!("PTRACE_PEEKSIGINFO of thread {tid}"))?;
-        th.signals_p = queue_of(own);
+        if status.sig_pnd != 0 {
+            let own = ptrace::peek_siginfo(tid, false)
+                .ctx(|| format!("PTRACE_PEEKSIGINFO of thread {tid}"))?;
+            th.signals_p = queue_of(own);
+        }
     }
     Ok(())
 }

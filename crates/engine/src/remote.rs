@@ -13,8 +13,8 @@
 use crust_sys::procfs::{self, Vma, VmaPath};
 use crust_sys::ptrace::{self, Regs};
 use crust_sys::remote::{
-    errno_result, find_gadgets, find_syscall_insn, gadgets_at, raw_in_each, Gadgets,
-    GuardedSyscaller, RemoteSyscaller, BATCH_CODE, BATCH_END, BATCH_ENTRY,
+    errno_result, find_gadgets, find_syscall_insn, gadgets_at, raw_in_each, run_in_each, Gadgets,
+    GuardedSyscaller, Parking, RemoteSyscaller, BATCH_CODE, BATCH_END, BATCH_ENTRY,
 };
 use crust_sys::vm::{self, RemoteRange};
 
@@ -64,7 +64,8 @@ pub struct Remote {
 /// What a dump-side [`Remote`] remembers.
 struct DumpSide {
     gadgets: Option<Gadgets>,
-    /// Writable mappings of the process: where a thread's stack may be.
+    /// Writable mappings of the process, where a thread's stack may be
+    /// (empty in a sibling's side: its main thread's parks it).
     writable: Vec<(u64, u64)>,
     regs: Regs,
     sigmask: u64,
@@ -125,18 +126,52 @@ impl Remote {
         Self::dump_thread(pid, tid, th, side, None)
     }
 
-    /// Dump-side remote syscalls in another thread `tid` of the same process
-    /// (same code, same scratch area), whose state is `th`.
-    pub fn dump_sibling(&self, tid: i32, th: &ThreadState) -> Result<Remote> {
+    /// Dump-side remote syscalls in `others`, other threads of the same
+    /// process (same code, same scratch area), each with its state: the
+    /// guarded ones parked all at once (see [`GuardedSyscaller::park_all`]).
+    /// In the order of `others`.
+    pub fn dump_siblings(&self, others: &[(i32, &ThreadState)]) -> Result<Vec<Remote>> {
         let own = self.dump.as_ref().expect("a dump-side remote");
-        let side = DumpSide {
+        let mut plans = Vec::new();
+        let mut plain = Vec::new();
+        for (i, &(tid, th)) in others.iter().enumerate() {
+            match own
+                .gadgets
+                .and_then(|g| plan_guarded(tid, th, g, &own.writable))
+            {
+                Some(plan) => plans.push((i, plan?)),
+                None => plain.push(i),
+            }
+        }
+        let (places, plans): (Vec<usize>, Vec<_>) = plans.into_iter().unzip();
+        let parked = GuardedSyscaller::park_all(plans).ctx(|| {
+            format!(
+                "preparing remote syscalls in {} threads of pid {}",
+                places.len(),
+                self.pid
+            )
+        })?;
+        let side = |th: &ThreadState| DumpSide {
             gadgets: own.gadgets,
-            writable: own.writable.clone(),
+            writable: Vec::new(),
             regs: th.regs,
             sigmask: th.sigmask,
             finished: false,
         };
-        Self::dump_thread(tid, tid, th, side, self.scratch)
+        let mut out: Vec<Option<Remote>> = others.iter().map(|_| None).collect();
+        for (i, g) in places.into_iter().zip(parked) {
+            out[i] = Some(Remote {
+                pid: g.tid(),
+                sc: Driver::Guarded(g),
+                scratch: self.scratch,
+                dump: Some(side(others[i].1)),
+            });
+        }
+        for i in plain {
+            let (tid, th) = others[i];
+            out[i] = Some(Self::dump_plain(tid, tid, th, side(th), self.scratch)?);
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     fn dump_thread(
@@ -146,47 +181,40 @@ impl Remote {
         side: DumpSide,
         scratch: Option<u64>,
     ) -> Result<Remote> {
-        let guarded = match side.gadgets {
-            Some(g) => {
-                let rsp = th.regs.rsp;
-                let stack = side
-                    .writable
-                    .iter()
-                    .copied()
-                    .find(|&(s, e)| s < rsp && rsp <= e);
-                match stack
-                    .map(|st| GuardedSyscaller::begin(tid, g, th.regs, &th.xstate, th.sigmask, st))
-                {
-                    Some(Ok(g)) => Some(g),
-                    Some(Err(e)) if e.kind() != std::io::ErrorKind::Unsupported => {
-                        return Err(e).ctx(|| format!("preparing remote syscalls in thread {tid}"))
-                    }
-                    other => {
-                        let why = match other {
-                            Some(Err(e)) => e.to_string(),
-                            _ => format!("its stack pointer {rsp:#x} is in no writable mapping"),
-                        };
-                        tracing::warn!(
-                            "thread {tid}: remote syscalls not guarded ({why}): a crust killed \
-                             during them leaves the thread with wrong registers"
-                        );
-                        None
-                    }
-                }
-            }
-            None => None,
+        let Some(plan) = side
+            .gadgets
+            .and_then(|g| plan_guarded(tid, th, g, &side.writable))
+        else {
+            return Self::dump_plain(pid, tid, th, side, scratch);
         };
-        let sc = match guarded {
-            Some(g) => Driver::Guarded(g),
-            None => {
-                let ip = vdso_syscall_ip(pid, &procfs::read_maps(pid)?)?;
-                ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
-                Driver::Plain(RemoteSyscaller::new(tid, ip, th.regs))
-            }
-        };
+        let parked = GuardedSyscaller::park_all(vec![plan?])
+            .ctx(|| format!("preparing remote syscalls in thread {tid}"))?;
+        let g = parked
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Kernel(format!("thread {tid} parked")))?;
         Ok(Remote {
             pid: tid,
-            sc,
+            sc: Driver::Guarded(g),
+            scratch,
+            dump: Some(side),
+        })
+    }
+
+    /// Unguarded dump-side remote syscalls in thread `tid` of `pid`, at its
+    /// vdso, with every signal blocked.
+    fn dump_plain(
+        pid: i32,
+        tid: i32,
+        th: &ThreadState,
+        side: DumpSide,
+        scratch: Option<u64>,
+    ) -> Result<Remote> {
+        let ip = vdso_syscall_ip(pid, &procfs::read_maps(pid)?)?;
+        ptrace::set_sigmask(tid, u64::MAX).ctx(|| format!("blocking signals of {tid}"))?;
+        Ok(Remote {
+            pid: tid,
+            sc: Driver::Plain(RemoteSyscaller::new(tid, ip, th.regs)),
             scratch,
             dump: Some(side),
         })
@@ -233,6 +261,16 @@ impl Remote {
                 }
             }
         }
+        // The bytes under their frames in one write; a thread this leaves
+        // unfinished is tried again, alone, below (naming it).
+        let mut guarded: Vec<&mut GuardedSyscaller> = remotes
+            .iter_mut()
+            .filter_map(|r| match &mut r.sc {
+                Driver::Guarded(g) => Some(g),
+                Driver::Plain(_) => None,
+            })
+            .collect();
+        let _ = GuardedSyscaller::finish_all(&mut guarded);
         for r in remotes.iter_mut() {
             first = first.and(r.finish());
         }
@@ -302,34 +340,55 @@ impl Remote {
         what: &str,
         calls: &[(i64, [u64; 6])],
     ) -> Result<Vec<u64>> {
-        let guarded: Vec<&GuardedSyscaller> = remotes
-            .iter()
-            .filter_map(|r| match &r.sc {
-                Driver::Guarded(g) => Some(g),
-                Driver::Plain(_) => None,
-            })
-            .collect();
-        if guarded.len() < remotes.len() {
+        let Some(guarded) = Self::all_guarded(remotes) else {
             return remotes
                 .iter()
                 .zip(calls)
                 .map(|(r, &(nr, args))| r.call(what, nr, args))
                 .collect();
-        }
-        let pids = || {
-            remotes
-                .iter()
-                .map(|r| r.pid.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
         };
-        let raw =
-            raw_in_each(&guarded, calls).ctx(|| format!("remote {what} in threads {}", pids()))?;
+        let raw = raw_in_each(&guarded, calls)
+            .ctx(|| format!("remote {what} in threads {}", Self::pids(remotes)))?;
         remotes
             .iter()
             .zip(raw)
             .map(|(r, v)| errno_result(v).ctx(|| format!("remote {what} in pid {}", r.pid)))
             .collect()
+    }
+
+    /// [`Remote::call_in_each`] for calls that leave their results in the
+    /// scratch area: the threads' registers are not read back, so a call
+    /// that failed shows only as bytes it did not write there (see
+    /// [`crust_sys::remote::run_in_each`]).
+    pub fn run_in_each(remotes: &[Remote], what: &str, calls: &[(i64, [u64; 6])]) -> Result<()> {
+        let Some(guarded) = Self::all_guarded(remotes) else {
+            return remotes
+                .iter()
+                .zip(calls)
+                .try_for_each(|(r, &(nr, args))| r.call(what, nr, args).map(drop));
+        };
+        run_in_each(&guarded, calls)
+            .ctx(|| format!("remote {what} in threads {}", Self::pids(remotes)))
+    }
+
+    /// The guarded syscallers of `remotes`, if every one is guarded.
+    fn all_guarded(remotes: &[Remote]) -> Option<Vec<&GuardedSyscaller>> {
+        remotes
+            .iter()
+            .map(|r| match &r.sc {
+                Driver::Guarded(g) => Some(g),
+                Driver::Plain(_) => None,
+            })
+            .collect()
+    }
+
+    /// The threads of `remotes`, for errors.
+    fn pids(remotes: &[Remote]) -> String {
+        remotes
+            .iter()
+            .map(|r| r.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Run `calls` in the task in order, as few resumes as possible: at
@@ -546,6 +605,44 @@ impl GadgetCache {
 /// The gadgets of guarded remote syscalls in process `pid` whose mappings
 /// are `maps`: where `cache` says, if they are there, else looked for in
 /// its readable code, the vdso and C libraries first.
+/// The parking of thread `tid` (state `th`) on a frame of its own, with
+/// gadgets `g` of its process whose writable mappings are `writable`; None,
+/// with a warning, where its stack has no room for the frame (its remote
+/// syscalls are then unguarded).
+fn plan_guarded(
+    tid: i32,
+    th: &ThreadState,
+    g: Gadgets,
+    writable: &[(u64, u64)],
+) -> Option<Result<Parking>> {
+    let rsp = th.regs.rsp;
+    let plan = match writable.iter().copied().find(|&(s, e)| s < rsp && rsp <= e) {
+        Some(stack) => GuardedSyscaller::plan(tid, g, th.regs, &th.xstate, th.sigmask, stack),
+        None => {
+            warn_unguarded(
+                tid,
+                &format!("its stack pointer {rsp:#x} is in no writable mapping"),
+            );
+            return None;
+        }
+    };
+    match plan {
+        Ok(p) => Some(Ok(p)),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            warn_unguarded(tid, &e.to_string());
+            None
+        }
+        Err(e) => Some(Err(e).ctx(|| format!("preparing remote syscalls in thread {tid}"))),
+    }
+}
+
+fn warn_unguarded(tid: i32, why: &str) {
+    tracing::warn!(
+        "thread {tid}: remote syscalls not guarded ({why}): a crust killed during them \
+         leaves the thread with wrong registers"
+    );
+}
+
 fn dump_gadgets(pid: i32, maps: &[Vma], cache: &mut GadgetCache) -> Option<Gadgets> {
     if let Some(g) = cache.guess(maps).filter(|g| gadgets_at(pid, g)) {
         return Some(g);

@@ -397,17 +397,21 @@ pub fn ask_threads(sibs: &[Remote], brk: u64, dumpable: i32) -> Result<Vec<Remot
             (0..group.len()).map(|i| f(slot(i))).collect()
         };
         let prctl = libc::SYS_prctl;
-        Remote::call_in_each(
+        // The three calls that answer in memory find it all ones: a slot
+        // still so after them is a call that failed.
+        let mut buf = vec![UNTOLD; group.len() * SLOT];
+        first.put(0, &buf)?;
+        Remote::run_in_each(
             group,
             "prctl(PR_GET_TID_ADDRESS)",
             &each(&|s| (prctl, [PR_GET_TID_ADDRESS, s, 0, 0, 0, 0])),
         )?;
-        Remote::call_in_each(
+        Remote::run_in_each(
             group,
             "prctl(PR_GET_PDEATHSIG)",
             &each(&|s| (prctl, [PR_GET_PDEATHSIG, s + 8, 0, 0, 0, 0])),
         )?;
-        Remote::call_in_each(
+        Remote::run_in_each(
             group,
             "sigaltstack",
             &each(&|s| (libc::SYS_sigaltstack, [0, s + 16, 0, 0, 0, 0])),
@@ -417,15 +421,28 @@ pub fn ask_threads(sibs: &[Remote], brk: u64, dumpable: i32) -> Result<Vec<Remot
             "prctl(PR_GET_SECUREBITS)",
             &each(&|_| (prctl, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])),
         )?;
-        let mut buf = vec![0u8; group.len() * SLOT];
         first.get(0, &mut buf)?;
-        out.extend(
-            buf.chunks(SLOT)
-                .zip(secbits)
-                .map(|(b, secbits)| facts_from(b, brk, dumpable, secbits)),
-        );
+        for ((b, secbits), r) in buf.chunks(SLOT).zip(secbits).zip(group) {
+            out.push(if untold(b) {
+                // Asked again alone, for the error (or, for a thread whose
+                // clear_child_tid is all ones, the answer).
+                ask_thread(r, brk, dumpable)?
+            } else {
+                facts_from(b, brk, dumpable, secbits)
+            });
+        }
     }
     Ok(out)
+}
+
+/// What a slot of [`ask_threads`] holds before the calls.
+const UNTOLD: u8 = 0xff;
+
+/// Whether a slot of [`ask_threads`] lacks an answer: clear_child_tid,
+/// the pdeath signal or ss_flags still all ones. (No signal is all ones,
+/// nor is any `ss_flags`; a clear_child_tid could be.)
+fn untold(b: &[u8]) -> bool {
+    u64_at(b, 0) == u64::MAX || u32_at(b, 8) == u32::MAX || u32_at(b, 24) == u32::MAX
 }
 
 /// The facts of a thread from the 40 bytes its calls left in the scratch
@@ -910,4 +927,30 @@ pub fn set_thread_sched(tid: i32, th: &pb::ThreadCoreEntry) -> Result<()> {
         set_nice(tid, nice).ctx(|| format!("setpriority of {tid}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slot the calls did not write is told apart from any answer.
+    #[test]
+    fn untold_slots_are_the_unwritten_ones() {
+        assert!(untold(&[UNTOLD; 64]));
+        // clear_child_tid 0, no pdeath signal, no alternate stack.
+        let mut answered = [UNTOLD; 64];
+        answered[0..8].copy_from_slice(&0u64.to_ne_bytes());
+        answered[8..12].copy_from_slice(&0u32.to_ne_bytes());
+        answered[16..40].fill(0);
+        answered[24..28].copy_from_slice(&(libc::SS_DISABLE as u32).to_ne_bytes());
+        assert!(!untold(&answered));
+        let f = facts_from(&answered, 0, 1, 0);
+        assert_eq!((f.clear_tid, f.pdeath_sig, f.sas.ss_flags), (0, 0, 2));
+        // Each call that failed leaves its part all ones.
+        for (at, len) in [(0, 8), (8, 4), (24, 4)] {
+            let mut one = answered;
+            one[at..at + len].fill(UNTOLD);
+            assert!(untold(&one), "part at {at}");
+        }
+    }
 }

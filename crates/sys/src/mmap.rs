@@ -34,6 +34,22 @@ impl PageFile {
         Ok(PageFile { file, len })
     }
 
+    /// Make the file `len` bytes long if it is shorter, allocating only
+    /// what it lacks.
+    pub fn grow(&mut self, len: u64) -> io::Result<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        let extra = len - self.len;
+        // SAFETY: plain syscall on our own fd.
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, self.len as i64, extra as i64) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// Open an existing page image for reading.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;

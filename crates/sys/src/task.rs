@@ -27,11 +27,20 @@ pub fn robust_list(tid: pid_t) -> io::Result<(u64, u64)> {
 /// Offset and size of XSAVE state component `component` in the standard
 /// (non-compacted) layout that ptrace's NT_X86_XSTATE uses, from CPUID leaf
 /// 0xD; `None` when the CPU does not have it.
+///
+/// Asked once per component and kept: in a VM each CPUID is an exit to the
+/// hypervisor, and a dump of 200 threads asked some 3000 of them.
 pub fn xsave_component(component: u32) -> Option<(usize, usize)> {
-    #[allow(unused_unsafe)]
-    // SAFETY: cpuid is always available on x86_64.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, component) };
-    (r.eax != 0).then_some((r.ebx as usize, r.eax as usize))
+    static LAYOUT: std::sync::OnceLock<[Option<(usize, usize)>; 64]> = std::sync::OnceLock::new();
+    let layout = LAYOUT.get_or_init(|| {
+        std::array::from_fn(|i| {
+            #[allow(unused_unsafe)]
+            // SAFETY: cpuid is always available on x86_64.
+            let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, i as u32) };
+            (r.eax != 0).then_some((r.ebx as usize, r.eax as usize))
+        })
+    });
+    layout.get(component as usize).copied().flatten()
 }
 
 /// Scheduling policy (with SCHED_RESET_ON_FORK if set) and static priority

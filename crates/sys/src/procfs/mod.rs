@@ -317,25 +317,6 @@ pub fn read_smaps(pid: i32) -> Result<Vec<Vma>, ReadError> {
     read_parse(proc_path(pid, "smaps"), parse_smaps)
 }
 
-/// Reads and parses `/proc/PID/smaps_rollup`: the counters of smaps summed
-/// over every mapping, as one [`Vma`] spanning them (one walk of the page
-/// tables, no per-mapping text).
-pub fn read_smaps_rollup(pid: i32) -> Result<Vma, ReadError> {
-    let path = proc_path(pid, "smaps_rollup");
-    let mut vmas = read_parse(path.clone(), parse_smaps)?;
-    match vmas.len() {
-        1 => Ok(vmas.remove(0)),
-        n => Err(ReadError::Parse {
-            path,
-            source: ProcError::at(
-                ProcFile::Smaps,
-                1,
-                format!("{n} summaries in smaps_rollup, expected one"),
-            ),
-        }),
-    }
-}
-
 /// Reads and parses `/proc/PID/maps`.
 pub fn read_maps(pid: i32) -> Result<Vec<Vma>, ReadError> {
     read_parse(proc_path(pid, "maps"), parse_maps)

@@ -44,6 +44,10 @@ pub struct Status {
     pub kthread: Option<bool>,
     /// `VmRSS:` (KiB; absent for zombies and kernel threads).
     pub vm_rss_kib: Option<u64>,
+    /// `RssAnon:` resident anonymous memory (KiB; absent as `VmRSS:`).
+    pub rss_anon_kib: Option<u64>,
+    /// `VmSwap:` swapped-out anonymous memory (KiB; absent as `VmRSS:`).
+    pub vm_swap_kib: Option<u64>,
     /// `Threads:` number of threads.
     pub threads: u32,
     /// `SigQ:` queued signals / RLIMIT_SIGPENDING.
@@ -158,6 +162,8 @@ struct Partial {
     ns_sid: Vec<i32>,
     kthread: Option<bool>,
     vm_rss_kib: Option<u64>,
+    rss_anon_kib: Option<u64>,
+    vm_swap_kib: Option<u64>,
     threads: Option<u32>,
     sig_q: Option<(u64, u64)>,
     sig_pnd: Option<u64>,
@@ -233,6 +239,8 @@ pub fn parse_status(text: &str) -> Result<Status, ProcError> {
             "NSsid" => p.ns_sid = i32_list(v).ok_or_else(bad)?,
             "Kthread" => set!(p.kthread, bool01(v)),
             "VmRSS" => set!(p.vm_rss_kib, kib(v)),
+            "RssAnon" => set!(p.rss_anon_kib, kib(v)),
+            "VmSwap" => set!(p.vm_swap_kib, kib(v)),
             "Threads" => set!(p.threads, dec_u32(v)),
             "SigQ" => set!(
                 p.sig_q,
@@ -281,6 +289,8 @@ pub fn parse_status(text: &str) -> Result<Status, ProcError> {
         fd_size: p.fd_size,
         kthread: p.kthread,
         vm_rss_kib: p.vm_rss_kib,
+        rss_anon_kib: p.rss_anon_kib,
+        vm_swap_kib: p.vm_swap_kib,
         threads: req!(threads, "Threads"),
         sig_q: req!(sig_q, "SigQ"),
         sig_pnd: req!(sig_pnd, "SigPnd"),
