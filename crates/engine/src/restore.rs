@@ -348,14 +348,11 @@ pub(crate) fn restore(
     // Each process's page image is checked by the mover that reads it,
     // piece by piece, and what is read before (premapped memory) now; the
     // others (shared memory) now, whole.
-    let mut fill_sums = HashMap::new();
-    for (&pid, p) in &plan.procs {
+    let mut fill_sums = page_sums.defer_all(plan.procs.iter().map(|(&pid, p)| {
         let premapped = cow.get(&pid).map_or(&[][..], |c| c.as_slice());
         let early = mm::read_before_fill(&p.mm, &p.pagemap, premapped);
-        if let Some(sums) = page_sums.defer(&p.pages_name, p.pages.len(), &early)? {
-            fill_sums.insert(pid, sums);
-        }
-    }
+        (pid, p.pages_name.as_str(), p.pages.len(), early)
+    }))?;
     page_sums.check_rest()?;
     let before_children = |e: &pb::PstreeEntry| -> Result<()> {
         let p = &plan.procs[&e.pid];
