@@ -454,31 +454,14 @@ pub struct GuardedSyscaller {
 }
 
 impl GuardedSyscaller {
-    /// Park thread `tid` (stopped in a signal-delivery or PTRACE_INTERRUPT
-    /// stop, traced with PTRACE_O_TRACESYSGOOD) on a signal frame of its own
-    /// state: registers `regs`, XSTATE `xstate`, blocked mask `sigmask`, and
-    /// block every signal. `stack` is the writable mapping `[start, end)`
-    /// around rsp. Fails with `ErrorKind::Unsupported` when the frame does
-    /// not fit there or the XSTATE area lacks its software-reserved bytes:
-    /// nothing was changed then.
-    pub fn begin(
-        tid: pid_t,
-        gadgets: Gadgets,
-        regs: Regs,
-        xstate: &[u8],
-        sigmask: u64,
-        stack: (u64, u64),
-    ) -> io::Result<Self> {
-        let plan = Self::plan(tid, gadgets, regs, xstate, sigmask, stack)?;
-        let mut parked = Self::park_all(vec![plan])?;
-        parked
-            .pop()
-            .ok_or_else(|| io::Error::other("no thread parked"))
-    }
-
-    /// The first half of [`GuardedSyscaller::begin`], which changes nothing:
-    /// the frame of thread `tid` and where it goes, or
-    /// `ErrorKind::Unsupported` as there.
+    /// The first half of parking thread `tid` (stopped in a
+    /// signal-delivery or PTRACE_INTERRUPT stop, traced with
+    /// PTRACE_O_TRACESYSGOOD) on a signal frame of its own state: registers
+    /// `regs`, XSTATE `xstate`, blocked mask `sigmask`; `stack` is the
+    /// writable mapping `[start, end)` around rsp. This builds the frame and
+    /// changes nothing; [`GuardedSyscaller::park_all`] writes it and blocks
+    /// every signal. Fails with `ErrorKind::Unsupported` when the frame does
+    /// not fit there or the XSTATE area lacks its software-reserved bytes.
     pub fn plan(
         tid: pid_t,
         gadgets: Gadgets,
@@ -515,12 +498,12 @@ impl GuardedSyscaller {
         })
     }
 
-    /// The second half of [`GuardedSyscaller::begin`] for `plans`, threads
-    /// of one process: the bytes under every frame are read with one
-    /// process_vm_readv and the frames written with one process_vm_writev
-    /// (for 199 threads, 2.4-3.6 ms of calls one by one), then each
-    /// thread's registers and mask are set. On an error, every thread is
-    /// left as it was.
+    /// The second half of parking, for `plans`, threads of one process:
+    /// the bytes under every frame are read with one process_vm_readv and
+    /// the frames written with one process_vm_writev, then each thread's
+    /// registers and mask are set. (For 199 threads this takes as long as
+    /// one call each, 3-3.7 ms: the cost is faulting in the stack pages
+    /// the frames land on.) On an error, every thread is left as it was.
     pub fn park_all(plans: Vec<Parking>) -> io::Result<Vec<Self>> {
         let Some(first) = plans.first() else {
             return Ok(Vec::new());
