@@ -299,48 +299,66 @@ fn check_files(dir: &Path, todo: Vec<(String, FileSum)>) -> (u64, Vec<Problem>) 
         .map(|(name, sum)| (dir.join(name), sum))
         .collect();
     todo.sort_by_key(|(_, s)| std::cmp::Reverse(s.size));
-    let todo = std::sync::Arc::new(todo);
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let work = {
-        let (todo, next) = (todo.clone(), next.clone());
-        move || {
-            let mut bytes = 0u64;
-            let mut problems = Vec::new();
-            let mut block = match SumBlock::new() {
-                Ok(b) => b,
-                Err(e) => {
-                    problems.push(Problem {
-                        file: PathBuf::from("(a buffer to read the images)"),
-                        what: e.to_string(),
-                    });
-                    return (bytes, problems);
-                }
+    let results = on_two_threads(&todo, |(file, want), block| {
+        block
+            .map_err(|e| format!("no buffer to read it: {e}"))
+            .and_then(|b| check_one(file, want, b))
+    });
+    let mut bytes = 0u64;
+    let mut problems = Vec::new();
+    for ((file, _), r) in todo.iter().zip(results) {
+        match r {
+            Ok(n) => bytes += n,
+            Err(what) => problems.push(Problem {
+                file: file.clone(),
+                what,
+            }),
+        }
+    }
+    problems.sort_by(|a, b| a.file.cmp(&b.file));
+    (bytes, problems)
+}
+
+/// Run `each` over `jobs` on this thread and, when there is more than one
+/// job, a helper thread: each takes the next job from a shared counter and
+/// reads through a [`SumBlock`] of its own, made at its first job (`each`
+/// gets the error if that failed). The results, in the order of `jobs`.
+/// The helper has left the kernel's thread list when this returns: a
+/// restore forks after, which needs crust single-threaded.
+fn on_two_threads<J: Sync, R: Send>(
+    jobs: &[J],
+    each: impl Fn(&J, std::io::Result<&mut SumBlock>) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut block: Option<std::io::Result<SumBlock>> = None;
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(job) = jobs.get(i) else {
+                return out;
             };
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((file, want)) = todo.get(i) else {
-                    break;
-                };
-                match check_one(file, want, &mut block) {
-                    Ok(n) => bytes += n,
-                    Err(what) => problems.push(Problem {
-                        file: file.clone(),
-                        what,
-                    }),
-                }
-            }
-            (bytes, problems)
+            let block = match block.get_or_insert_with(SumBlock::new) {
+                Ok(b) => Ok(b),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            out.push((i, each(job, block)));
         }
     };
-    // A helper thread shares the reading; it is joined and gone before the
-    // restore forks (which needs crust single-threaded).
-    let helper = std::thread::spawn(work.clone());
-    let (mine, mut problems) = work();
-    let (theirs, more) = helper.join().expect("manifest check thread panicked");
-    problems.extend(more);
-    wait_single_threaded();
-    problems.sort_by(|a, b| a.file.cmp(&b.file));
-    (mine + theirs, problems)
+    let helped = jobs.len() > 1;
+    let mut all = std::thread::scope(|s| {
+        let helper = helped.then(|| s.spawn(work));
+        let mut all = work();
+        if let Some(h) = helper {
+            all.extend(h.join().expect("image check thread panicked"));
+        }
+        all
+    });
+    if helped {
+        wait_single_threaded();
+    }
+    all.sort_unstable_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Wait (up to a second) until a joined thread has left the kernel's
@@ -519,43 +537,24 @@ impl PageSums {
             self.deferred.insert(name.to_string());
             out.insert(key, (sum.clone(), path.display().to_string()));
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || -> Result<()> {
-            let mut block = None;
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((path, sum, pieces)) = checks.get(i) else {
-                    return Ok(());
-                };
-                let shown = || path.display().to_string();
-                let block = match &mut block {
-                    Some(b) => b,
-                    None => block.insert(SumBlock::new().map_err(|e| ImageError::io(shown(), e))?),
-                };
-                let file = File::open(path).map_err(|e| ImageError::io(shown(), e))?;
-                for &i in pieces {
-                    let r = sum.piece_range(i);
-                    let buf = &mut block.0[..(r.end - r.start) as usize];
-                    std::os::unix::fs::FileExt::read_exact_at(&file, buf, r.start)
-                        .map_err(|e| ImageError::io(shown(), e))?;
-                    sum.check_piece(i, buf).map_err(|what| Error::BadImage {
-                        file: shown(),
-                        what,
-                    })?;
-                }
+        on_two_threads(&checks, |(path, sum, pieces), block| -> Result<()> {
+            let shown = || path.display().to_string();
+            let block = block.map_err(|e| ImageError::io(shown(), e))?;
+            let file = File::open(path).map_err(|e| ImageError::io(shown(), e))?;
+            for &i in pieces {
+                let r = sum.piece_range(i);
+                let buf = &mut block.0[..(r.end - r.start) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, buf, r.start)
+                    .map_err(|e| ImageError::io(shown(), e))?;
+                sum.check_piece(i, buf).map_err(|what| Error::BadImage {
+                    file: shown(),
+                    what,
+                })?;
             }
-        };
-        // The helper is joined and gone before the restore forks (which
-        // needs crust single-threaded).
-        let checked = std::thread::scope(|s| {
-            let helper = (checks.len() > 1).then(|| s.spawn(work));
-            let mine = work();
-            let theirs =
-                helper.map_or(Ok(()), |h| h.join().expect("checking page images panicked"));
-            mine.and(theirs)
-        });
-        wait_single_threaded();
-        checked?;
+            Ok(())
+        })
+        .into_iter()
+        .collect::<Result<()>>()?;
         Ok(out)
     }
 

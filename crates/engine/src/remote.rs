@@ -187,12 +187,10 @@ impl Remote {
         else {
             return Self::dump_plain(pid, tid, th, side, scratch);
         };
-        let parked = GuardedSyscaller::park_all(vec![plan?])
-            .ctx(|| format!("preparing remote syscalls in thread {tid}"))?;
-        let g = parked
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Kernel(format!("thread {tid} parked")))?;
+        let g = GuardedSyscaller::park_all(vec![plan?])
+            .ctx(|| format!("preparing remote syscalls in thread {tid}"))?
+            .pop()
+            .expect("park_all parks every plan or fails");
         Ok(Remote {
             pid: tid,
             sc: Driver::Guarded(g),

@@ -652,11 +652,6 @@ impl GuardedSyscaller {
         Self::finish_all(&mut [self])
     }
 
-    /// Whether [`GuardedSyscaller::finish`] was done.
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
     /// [`GuardedSyscaller::finish`] for `threads` of one process: each one's
     /// mask and registers, then the bytes under all their frames with one
     /// process_vm_writev. Every thread is tried; the first error is
