@@ -24,7 +24,8 @@
 //!
 //! Parts 1 and 2 are scenario `mem`. Scenarios `tree` (100 processes of
 //! 8 MiB in one session, with its own floors: the same amount of fresh
-//! tmpfs writes and fresh 4 KiB pages, spread over every CPU) and
+//! tmpfs writes, of copies out of memory into fresh tmpfs files with the
+//! memory freed after, and of fresh 4 KiB pages, spread over every CPU) and
 //! `threads` (one process of 200 threads) are in `scenarios.rs`;
 //! `--scenario` picks one or `all` (the default).
 //!

@@ -27,6 +27,9 @@ const THREADS: usize = 200;
 /// Buffer size for the copy bandwidth that the per-process overhead uses.
 const BW_MIB: usize = 256;
 
+/// The buffer the copy-out floor moves pages through: crust's dump window.
+const COPY_WINDOW: usize = 2 * MIB;
+
 /// CRIU 4.2 on this kind of machine, and crust's targets (2x faster).
 struct Refs {
     criu_dump: &'static str,
@@ -329,13 +332,17 @@ fn copy_bandwidth(runs: usize) -> Result<(f64, Samples)> {
 }
 
 /// This machine's floors for the tree's page volume, best of the runs:
-/// first touch of that much fresh anonymous memory in 4 KiB pages, and a
-/// write of that much into fresh tmpfs files, each spread over every CPU
-/// at once. A restore makes that much fresh memory and a dump writes that
-/// much tmpfs, whatever else they do.
+/// first touch of that much fresh anonymous memory in 4 KiB pages, a
+/// write of that much into fresh tmpfs files, and a copy of that much out
+/// of memory into fresh tmpfs files (process_vm_readv through a buffer)
+/// with the memory freed after, each spread over every CPU at once. A
+/// restore makes that much fresh memory and a dump writes that much tmpfs,
+/// whatever else they do; a dump that copies the pages (and kills the
+/// tree) also does the third.
 struct Floors {
     fresh_memory: Samples,
     tmpfs_write: Samples,
+    copy_out: Samples,
 }
 
 /// Runs `job(i)` on one thread per CPU at once, `i` the thread's number,
@@ -397,9 +404,41 @@ fn floors(o: &Opts, bytes: usize) -> Result<Floors> {
         }
         t
     })?;
+    // Page images of TREE_MIB_EACH, filled through a buffer of the dump's
+    // window size.
+    let image = TREE_MIB_EACH * MIB;
+    let image_file = |i: usize, k: usize| o.dir.join(format!("floor-{i}-{k}.bin"));
+    let copy_out = crate::repeat(o.runs, || {
+        let t = on_every_cpu(
+            |_| Ok((Region::prefaulted(share)?, Region::prefaulted(COPY_WINDOW)?)),
+            |i, (src, mut buf)| {
+                let me = std::process::id() as i32;
+                for (k, piece) in src.slice().chunks(image).enumerate() {
+                    let path = image_file(i, k);
+                    let mut f =
+                        fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    for w in piece.chunks(COPY_WINDOW) {
+                        let into = &mut buf.slice_mut()[..w.len()];
+                        crate::vm_readv(me, w.as_ptr() as usize, into)?;
+                        std::io::Write::write_all(&mut f, into)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                }
+                drop(src);
+                Ok(())
+            },
+        );
+        for i in 0..cpus {
+            for k in 0..share.div_ceil(image) {
+                let _ = fs::remove_file(image_file(i, k));
+            }
+        }
+        t
+    })?;
     Ok(Floors {
         fresh_memory,
         tmpfs_write,
+        copy_out,
     })
 }
 
@@ -517,6 +556,12 @@ fn rows(sc: Scenario, results: &[MultiRun], bw: Option<f64>, floors: Option<&Flo
                 &(|r: &MultiRun| r.dump) as &dyn Fn(&MultiRun) -> f64,
             ),
             (
+                "dump / copy-out floor",
+                "dump_over_copy_out_floor",
+                f.copy_out.best(),
+                &|r: &MultiRun| r.dump,
+            ),
+            (
                 "restore / fresh-memory floor",
                 "restore_over_memory_floor",
                 f.fresh_memory.best(),
@@ -604,10 +649,11 @@ pub(crate) fn run_scenario(
         let f = floors(o, TREE_PROCS * TREE_MIB_EACH * MIB)?;
         let mib = TREE_PROCS * TREE_MIB_EACH;
         println!(
-            "  floors for {mib} MiB on every CPU at once, best of {}: first touch of fresh 4 KiB pages {} s, write into fresh tmpfs files {} s",
+            "  floors for {mib} MiB on every CPU at once, best of {}: first touch of fresh 4 KiB pages {} s, write into fresh tmpfs files {} s, copy out of memory into fresh tmpfs files and free it {} s",
             o.runs,
             fmt_opt(f.fresh_memory.best(), 3),
-            fmt_opt(f.tmpfs_write.best(), 3)
+            fmt_opt(f.tmpfs_write.best(), 3),
+            fmt_opt(f.copy_out.best(), 3)
         );
         Some(f)
     } else {
@@ -692,6 +738,7 @@ pub(crate) fn run_scenario(
         json!(floors.as_ref().map(|f| json!({
             "fresh_memory_4k_all_cpus": f.fresh_memory.json(),
             "tmpfs_write_fresh_all_cpus": f.tmpfs_write.json(),
+            "copy_out_and_free_all_cpus": f.copy_out.json(),
         }))),
     );
     m.insert("error".into(), json!(error));
