@@ -77,12 +77,14 @@ impl Py {
         dir
     }
 
-    /// Create `stop` and wait for `out` to say PASS.
+    /// Create `stop` and wait for `out` to say PASS (an empty `out` is
+    /// one the workload created and has not written yet).
     fn check(&self) {
         std::fs::write(self.scratch.join("stop"), b"").expect("stop");
         let t0 = Instant::now();
         loop {
-            if let Ok(t) = std::fs::read_to_string(self.scratch.join("out")) {
+            let out = std::fs::read_to_string(self.scratch.join("out"));
+            if let Some(t) = out.ok().filter(|t| !t.trim().is_empty()) {
                 assert_eq!(
                     t.trim(),
                     "PASS",

@@ -409,6 +409,31 @@ pub(crate) fn dump_into(
             restore: None,
         }],
     )?;
+    let how = if opts.leave_stopped {
+        Release::Stop
+    } else if opts.leave_running {
+        Release::Resume
+    } else {
+        Release::Kill
+    };
+    tracing::debug!(ms = us(t_frozen) / 1000, "images written");
+    // A tree left running goes on once its state is in the images (in the
+    // page cache): should making them durable fail, the dump fails with the
+    // tree running, as a failed dump must leave it. A tree to be killed or
+    // left stopped waits for the commit, so that a failure leaves it as it
+    // was.
+    let mut frozen = Some(frozen);
+    let mut frozen_us = 0;
+    let mut release = |frozen: &mut Option<FrozenTree>| -> Result<()> {
+        if let Some(f) = frozen.take() {
+            f.release(how)?;
+            frozen_us = us(t_frozen);
+        }
+        Ok(())
+    };
+    if how == Release::Resume {
+        release(&mut frozen)?;
+    }
     // The inventory and the manifest go last: without them, a folder is
     // not an image set.
     dir.commit(&pb::InventoryEntry {
@@ -418,17 +443,6 @@ pub(crate) fn dump_into(
         ns_per_id: Some(true),
         ..Default::default()
     })?;
-    let how = if opts.leave_stopped {
-        Release::Stop
-    } else if opts.leave_running {
-        Release::Resume
-    } else {
-        Release::Kill
-    };
-    tracing::debug!(ms = us(t_frozen) / 1000, "images written");
-    frozen.release(how)?;
-    Ok(DumpStats {
-        frozen_us: us(t_frozen),
-        ..stats
-    })
+    release(&mut frozen)?;
+    Ok(DumpStats { frozen_us, ..stats })
 }

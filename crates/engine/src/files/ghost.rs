@@ -84,8 +84,8 @@ impl DumpState {
     }
 }
 
-/// Finish the ghost files of a dump: each image was written (and fsync'd)
-/// when its first fd was dumped, so there is nothing left but to say so.
+/// Finish the ghost files of a dump: each image was written when its first
+/// fd was dumped (and is made durable with the folder's commit), so there is nothing left but to say so.
 pub fn finish_dump(state: DumpState, _dir: &ImageDir) -> Result<()> {
     if state.count() > 0 {
         tracing::debug!("dumped {} ghost file(s)", state.count());
@@ -173,7 +173,7 @@ fn readable(f: &OpenFd) -> io::Result<File> {
     Ok(File::from(f.file.try_clone()?))
 }
 
-/// Write ghost-file-<g>.img with the first `size` bytes of `f`, fsync'd.
+/// Write ghost-file-<g>.img with the first `size` bytes of `f`.
 fn write_ghost(f: &OpenFd, g: u32, size: u64, dir: &ImageDir) -> Result<()> {
     let st = &f.stat;
     let what = || {
@@ -229,12 +229,10 @@ fn write_ghost(f: &OpenFd, g: u32, size: u64, dir: &ImageDir) -> Result<()> {
         w.write_raw(&buf[..n]).map_err(io)?;
         off += n as u64;
     }
-    let out = w
-        .finish()
+    w.finish()
         .map_err(io)?
         .into_inner()
         .map_err(|e| io(e.into_error()))?;
-    out.sync_all().map_err(io)?;
     Ok(())
 }
 

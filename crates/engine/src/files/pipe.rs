@@ -192,7 +192,7 @@ impl DumpState {
 }
 
 /// Write the collected pipe data: pipes-data.img and fifo-data.img, each
-/// with one entry per pipe (empty ones too, for their capacity), fsync'd.
+/// with one entry per pipe (empty ones too, for their capacity).
 pub fn finish_dump(state: DumpState, dir: &ImageDir) -> Result<()> {
     write_data(
         dir,
@@ -224,8 +224,7 @@ fn write_data(
         w.write_raw(bytes).map_err(io)?;
     }
     let buf = w.finish().map_err(io)?;
-    let f = buf.into_inner().map_err(|e| io(e.into_error()))?;
-    f.sync_all().map_err(io)?;
+    buf.into_inner().map_err(|e| io(e.into_error()))?;
     Ok(())
 }
 
