@@ -36,6 +36,7 @@ fn text_parsers() -> Vec<Parser> {
         p!("timers", include_str!("testdata/timers.txt"), parse_timers),
         p!("personality", "00400000\n", parse_personality),
         p!("timer_slack", "50000\n", parse_timer_slack),
+        p!("children", "812 815 9001 \n", parse_children),
         p!(
             "epoll_tfd",
             "tfd:        4 events: 8000001c data:                4  pos:0 ino:24ba sdev:f",

@@ -1,5 +1,5 @@
-//! `/proc/PID/personality`, `/proc/PID/timers` and
-//! `/proc/TID/timerslack_ns`.
+//! `/proc/PID/personality`, `/proc/PID/timers`,
+//! `/proc/TID/timerslack_ns` and `/proc/PID/task/TID/children`.
 
 use super::{dec_i32, dec_u64, hex_u32, hex_u64, ProcError, ProcFile};
 
@@ -8,6 +8,17 @@ pub fn parse_timer_slack(text: &str) -> Result<u64, ProcError> {
     let v = text.trim();
     dec_u64(v)
         .ok_or_else(|| ProcError::at(ProcFile::TimerSlack, 1, format!("bad decimal value {v:?}")))
+}
+
+/// Parses `/proc/PID/task/TID/children`: pids separated by spaces.
+pub fn parse_children(text: &str) -> Result<Vec<i32>, ProcError> {
+    text.split_ascii_whitespace()
+        .map(|w| {
+            dec_i32(w)
+                .filter(|&p| p > 0)
+                .ok_or_else(|| ProcError::at(ProcFile::Children, 1, format!("bad pid {w:?}")))
+        })
+        .collect()
 }
 
 /// Parses `/proc/PID/personality`: one hex number (e.g. `00000000`).

@@ -36,7 +36,9 @@ pub use fdinfo::{
 pub use limits::{parse_limits, resource_of_row, Rlimit, RLIM_INFINITY};
 pub use locks::{parse_lock_line, LockKind, LockLine};
 pub use maps::{parse_maps, parse_smaps, VmFlags, Vma, VmaPath};
-pub use misc::{parse_personality, parse_timer_slack, parse_timers, PosixTimer, TimerNotify};
+pub use misc::{
+    parse_children, parse_personality, parse_timer_slack, parse_timers, PosixTimer, TimerNotify,
+};
 pub use mountinfo::{parse_mountinfo, unescape_octal, MountInfo, OptionalField};
 pub use pagemap::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
 pub use stat::{parse_stat, Stat};
@@ -73,6 +75,8 @@ pub enum ProcFile {
     Timers,
     /// `/proc/TID/timerslack_ns`.
     TimerSlack,
+    /// `/proc/PID/task/TID/children`.
+    Children,
     /// `/proc/locks` (and the `lock:` lines of fdinfo).
     Locks,
 }
@@ -93,6 +97,7 @@ impl ProcFile {
             ProcFile::Personality => "/proc/PID/personality",
             ProcFile::Timers => "/proc/PID/timers",
             ProcFile::TimerSlack => "/proc/TID/timerslack_ns",
+            ProcFile::Children => "/proc/PID/task/TID/children",
             ProcFile::Locks => "/proc/locks",
         }
     }
@@ -363,6 +368,24 @@ pub fn read_mountinfo(pid: i32) -> Result<Vec<MountInfo>, ReadError> {
 /// Reads and parses `/proc/PID/personality`.
 pub fn read_personality(pid: i32) -> Result<u32, ReadError> {
     read_parse(proc_path(pid, "personality"), parse_personality)
+}
+
+/// Reads `/proc/PID/task/TID/children`: the children thread `tid` of
+/// process `pid` forked (and has not reaped), in the kernel's order. The
+/// file exists only with CONFIG_PROC_CHILDREN; see
+/// [`children_files_exist`].
+pub fn read_children(pid: i32, tid: i32) -> Result<Vec<i32>, ReadError> {
+    read_parse(
+        proc_path(pid, &format!("task/{tid}/children")),
+        parse_children,
+    )
+}
+
+/// Whether this kernel has `/proc/PID/task/TID/children` files
+/// (CONFIG_PROC_CHILDREN), looked at once.
+pub fn children_files_exist() -> bool {
+    static EXIST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *EXIST.get_or_init(|| Path::new("/proc/thread-self/children").exists())
 }
 
 /// Reads `/proc/TID/timerslack_ns`: the timer slack of thread `tid`, in

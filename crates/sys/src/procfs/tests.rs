@@ -419,6 +419,45 @@ fn procfs_robust_fdinfo_mountinfo_misc() {
         25,
         &text(parse_personality),
     );
+    hammer(
+        "parse_children",
+        b"812 815 9001 ",
+        26,
+        &text(parse_children),
+    );
+}
+
+#[test]
+fn children_lists_parse_and_refuse_garbage() {
+    assert_eq!(
+        parse_children("812 815 9001 ").unwrap(),
+        vec![812, 815, 9001]
+    );
+    assert_eq!(parse_children("").unwrap(), Vec::<i32>::new());
+    assert!(parse_children("812 x").is_err());
+    assert!(parse_children("0").is_err());
+    assert!(parse_children("-4").is_err());
+}
+
+/// With CONFIG_PROC_CHILDREN, this thread's children file lists the child
+/// it spawned; without, reading it fails (and crust scans /proc instead).
+#[test]
+fn own_children_file_lists_a_child() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("10")
+        .spawn()
+        .expect("sleep");
+    let me = std::process::id() as i32;
+    let tid = nix::unistd::gettid().as_raw();
+    let kids = read_children(me, tid);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    if children_files_exist() {
+        let kids = kids.expect("children file");
+        assert!(kids.contains(&(child.id() as i32)), "{kids:?}");
+    } else {
+        assert!(kids.is_err(), "a children file where none should be");
+    }
 }
 
 #[test]
