@@ -80,8 +80,8 @@ pub(crate) fn dump_into(
     let todo: Vec<(u32, i32, PathBuf)> = before
         .iter()
         .enumerate()
-        .filter(|(_, st)| st.state != 'Z')
-        .map(|(i, st)| {
+        .filter(|(_, (st, _))| st.state != 'Z')
+        .map(|(i, (st, _))| {
             (
                 i as u32 + 1,
                 st.pid,
@@ -422,27 +422,26 @@ pub(crate) fn dump_into(
     // tree running, as a failed dump must leave it. A tree to be killed or
     // left stopped waits for the commit, so that a failure leaves it as it
     // was.
-    let mut frozen = Some(frozen);
-    let mut frozen_us = 0;
-    let mut release = |frozen: &mut Option<FrozenTree>| -> Result<()> {
-        if let Some(f) = frozen.take() {
-            f.release(how)?;
-            frozen_us = us(t_frozen);
-        }
-        Ok(())
-    };
-    if how == Release::Resume {
-        release(&mut frozen)?;
-    }
     // The inventory and the manifest go last: without them, a folder is
     // not an image set.
-    dir.commit(&pb::InventoryEntry {
-        img_version: IMG_VERSION,
-        fdinfo_per_id: Some(true),
-        root_ids,
-        ns_per_id: Some(true),
-        ..Default::default()
-    })?;
-    release(&mut frozen)?;
+    let commit = || {
+        dir.commit(&pb::InventoryEntry {
+            img_version: IMG_VERSION,
+            fdinfo_per_id: Some(true),
+            root_ids,
+            ns_per_id: Some(true),
+            ..Default::default()
+        })
+    };
+    let frozen_us = if how == Release::Resume {
+        frozen.release(how)?;
+        let frozen_us = us(t_frozen);
+        commit()?;
+        frozen_us
+    } else {
+        commit()?;
+        frozen.release(how)?;
+        us(t_frozen)
+    };
     Ok(DumpStats { frozen_us, ..stats })
 }

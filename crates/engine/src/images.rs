@@ -26,7 +26,7 @@ use crate::error::{Context, Error, Result};
 pub struct ImageDir {
     path: PathBuf,
     /// The folder, opened when this was made (None if it could not be: it
-    /// is opened again at the commit, which then fails if it still cannot).
+    /// is opened again to sync it, which then fails if it still cannot).
     opened: Option<File>,
     written: Mutex<Vec<PathBuf>>,
     sums: Mutex<BTreeMap<String, FileSum>>,
@@ -200,30 +200,33 @@ impl ImageDir {
         Ok(crust_image::read_single(&self.file(name), kind)?)
     }
 
-    /// Sync the filesystem of the folder: every file written into it is
-    /// durable, names included, or the first writeback error is returned.
-    fn sync_all_files(&self) -> Result<()> {
-        let shown = || self.path.display().to_string();
+    /// Run `op` on the folder (opened when this was made, or now); its
+    /// errors name the folder.
+    fn on_folder(&self, op: impl FnOnce(&File) -> std::io::Result<()>) -> Result<()> {
+        let io = |e| ImageError::io(self.path.display().to_string(), e);
         let reopened;
         let dir = match &self.opened {
             Some(d) => d,
             None => {
-                reopened = File::open(&self.path).map_err(|e| ImageError::io(shown(), e))?;
+                reopened = File::open(&self.path).map_err(io)?;
                 &reopened
             }
         };
-        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(dir))
-            .map_err(|e| ImageError::io(shown(), e.into()))?;
+        op(dir).map_err(io)?;
         Ok(())
+    }
+
+    /// Sync the filesystem of the folder: every file written into it is
+    /// durable, names included, or the first writeback error is returned.
+    fn sync_all_files(&self) -> Result<()> {
+        self.on_folder(|d| {
+            nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(d)).map_err(Into::into)
+        })
     }
 
     /// fsync the folder itself, so the new names are durable.
     fn sync(&self) -> Result<()> {
-        let d = File::open(&self.path)
-            .map_err(|e| ImageError::io(self.path.display().to_string(), e))?;
-        d.sync_all()
-            .map_err(|e| ImageError::io(self.path.display().to_string(), e))?;
-        Ok(())
+        self.on_folder(File::sync_all)
     }
 }
 

@@ -57,34 +57,42 @@ pub fn check_target(pid: i32) -> Result<()> {
 const CHILDREN_FILES_MAX: usize = 64;
 
 /// The processes of the tree rooted at `root`, parents before children
-/// (each one's children by pid), each with its stat. Children are read
+/// (each one's children by pid), each with its stat and its threads (none
+/// for a process gone meanwhile or a zombie). Children are read
 /// from /proc/PID/task/TID/children, so the cost follows the tree, not the
 /// machine (with 3000 other processes, reading every /proc/*/stat made the
 /// freeze of the 100-process bench tree take 160 ms instead of 16); from
 /// the ppid field of /proc/*/stat, read once, for a process of many
 /// threads or when the kernel lacks those files (CONFIG_PROC_CHILDREN).
-pub fn collect(root: i32) -> Result<Vec<procfs::Stat>> {
+pub fn collect(root: i32) -> Result<Vec<(procfs::Stat, Vec<i32>)>> {
     let Ok(first) = procfs::read_stat(root) else {
         return Err(Error::NoSuchProcess(root));
     };
     let mut everyone: Option<Vec<procfs::Stat>> = None;
-    let mut out = vec![first];
+    let mut found = vec![first];
+    let mut out = Vec::new();
     let mut i = 0;
-    while i < out.len() {
-        let parent = out[i].pid;
-        let mut kids = children_of(parent, &mut everyone)?;
+    while i < found.len() {
+        let parent = found[i].pid;
+        // Gone meanwhile (or a zombie whose threads are gone): no children.
+        let tids = procfs::list_tids(parent).unwrap_or_default();
+        let mut kids = children_of(parent, &tids, &mut everyone)?;
         kids.retain(|s| s.pid != root);
-        out.extend(kids);
+        found.extend(kids);
+        out.push(tids);
         i += 1;
     }
-    Ok(out)
+    Ok(found.into_iter().zip(out).collect())
 }
 
-/// The stat of each child of process `pid`, by pid. `everyone` is the
-/// stat of every process, read the first time it is needed.
-fn children_of(pid: i32, everyone: &mut Option<Vec<procfs::Stat>>) -> Result<Vec<procfs::Stat>> {
-    // Gone meanwhile (or a zombie whose threads are gone): no children.
-    let tids = procfs::list_tids(pid).unwrap_or_default();
+/// The stat of each child of process `pid`, whose threads are `tids`, by
+/// pid. `everyone` is the stat of every process, read the first time it is
+/// needed.
+fn children_of(
+    pid: i32,
+    tids: &[i32],
+    everyone: &mut Option<Vec<procfs::Stat>>,
+) -> Result<Vec<procfs::Stat>> {
     if procfs::children_files_exist() && tids.len() <= CHILDREN_FILES_MAX {
         let mut pids: Vec<i32> = tids
             .iter()
@@ -156,15 +164,13 @@ impl FrozenTree {
             let mut new = false;
             let mut procs = Vec::new();
             let mut zombies = Vec::new();
-            for st in stats {
+            // A process without threads is gone meanwhile: the next round
+            // sees.
+            for (st, mut tids) in stats {
                 if st.state == 'Z' || st.state == 'X' {
                     zombies.push(st);
                     continue;
                 }
-                let mut tids = match procfs::list_tids(st.pid) {
-                    Ok(t) => t,
-                    Err(_) => continue, // gone meanwhile: the next round sees
-                };
                 // The main thread first, whatever the numbers (tids wrap
                 // around pid_max: a thread may have a smaller one).
                 if let Some(i) = tids.iter().position(|&t| t == st.pid) {
@@ -1197,7 +1203,7 @@ mod tests {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::SIGKILL);
         let _ = parent.kill();
         let _ = parent.wait();
-        let pids: Vec<i32> = found.expect("collect").iter().map(|s| s.pid).collect();
+        let pids: Vec<i32> = found.expect("collect").iter().map(|(s, _)| s.pid).collect();
         assert_eq!(pids, vec![parent.id() as i32, child]);
     }
 

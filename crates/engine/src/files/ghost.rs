@@ -85,7 +85,8 @@ impl DumpState {
 }
 
 /// Finish the ghost files of a dump: each image was written when its first
-/// fd was dumped (and is made durable with the folder's commit), so there is nothing left but to say so.
+/// fd was dumped (and is made durable with the folder's commit), so there
+/// is nothing left but to say so.
 pub fn finish_dump(state: DumpState, _dir: &ImageDir) -> Result<()> {
     if state.count() > 0 {
         tracing::debug!("dumped {} ghost file(s)", state.count());
